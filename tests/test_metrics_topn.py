@@ -1,0 +1,84 @@
+"""Hand-worked checks of the top-N metrics, run against every top-N folder's metrics.py."""
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from conftest import TOP_N_FOLDERS, load_module
+
+
+@pytest.fixture(params=TOP_N_FOLDERS)
+def metrics(request):
+    return load_module(request.param, "metrics")
+
+
+def csr(rows):
+    return sp.csr_matrix(np.array(rows, dtype=np.float32))
+
+
+# Three users, six items.
+# user 0: fold-in {0}, targets {1, 3}; ranking after masking 1,2,3,4,5 (item 0 masked).
+# user 1: no target: left out of every average.
+# user 2: fold-in {4, 5} hold the two best scores; target {0} ranks 4th once they are masked.
+SCORES = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+                   [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                   [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+FOLD_IN = csr([[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 1, 1]])
+TARGET = csr([[0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+
+
+def test_hand_worked_values(metrics):
+    result = metrics.ranking_metrics(SCORES, FOLD_IN, TARGET, ks=(2, 3, 4))
+    idcg_two = 1 + 1 / math.log2(3)
+    assert result["n_users"] == 2
+    # K=2: user 0 ranks 1,2 -> one hit at rank 1; user 2 ranks 3,2 -> no hit.
+    assert result["precision@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert result["recall@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert result["ndcg@2"] == pytest.approx((1 / idcg_two + 0) / 2)
+    # K=3: user 0 hits at ranks 1 and 3; user 2 still none.
+    assert result["precision@3"] == pytest.approx((2 / 3 + 0) / 2)
+    assert result["recall@3"] == pytest.approx((1.0 + 0) / 2)
+    assert result["ndcg@3"] == pytest.approx(((1 + 1 / math.log2(4)) / idcg_two + 0) / 2)
+    # K=4: user 2's target at rank 4; its IDCG covers min(4, 1) = 1 item.
+    assert result["precision@4"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert result["recall@4"] == pytest.approx((1.0 + 1.0) / 2)
+    assert result["ndcg@4"] == pytest.approx(
+        ((1 + 1 / math.log2(4)) / idcg_two + 1 / math.log2(5)) / 2)
+
+
+def test_recall_divides_by_min_of_k_and_targets(metrics):
+    scores = np.array([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+    target = csr([[1, 1, 1, 1, 1, 0]])
+    result = metrics.ranking_metrics(scores, csr([[0] * 6]), target, ks=(2, 5))
+    assert result["recall@2"] == pytest.approx(1.0)   # 2 hits / min(2, 5)
+    assert result["ndcg@2"] == pytest.approx(1.0)
+    assert result["recall@5"] == pytest.approx(1.0)
+    assert result["precision@5"] == pytest.approx(1.0)
+
+
+def test_fold_in_items_never_ranked_above_others(metrics):
+    scores = np.array([[10.0, 9.0, 1.0, 0.5]])
+    fold_in = csr([[1, 1, 0, 0]])
+    top = metrics.top_k_items(scores, fold_in, 2)
+    assert top.tolist() == [[2, 3]]
+    result = metrics.ranking_metrics(scores, fold_in, csr([[0, 0, 0, 1]]), ks=(1,))
+    assert result["recall@1"] == 0.0 and result["precision@1"] == 0.0
+
+
+def test_ties_go_to_the_lower_item_index(metrics):
+    top = metrics.top_k_items(np.zeros((1, 5)), csr([[0, 1, 0, 0, 0]]), 3)
+    assert top.tolist() == [[0, 2, 3]]
+
+
+def test_batches_average_like_one_call(metrics):
+    rng = np.random.RandomState(0)
+    scores = rng.rand(50, 30)
+    fold_in_dense = rng.rand(50, 30) < 0.2
+    fold_in = sp.csr_matrix(fold_in_dense, dtype=np.float32)
+    target = sp.csr_matrix((rng.rand(50, 30) < 0.2) & ~fold_in_dense, dtype=np.float32)
+    whole = metrics.ranking_metrics(scores, fold_in, target)
+    parts = metrics.average([metrics.per_user_metrics(scores[i:i + 7], fold_in[i:i + 7],
+                                                      target[i:i + 7])
+                             for i in range(0, 50, 7)])
+    assert parts == pytest.approx(whole)
