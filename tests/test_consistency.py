@@ -1,0 +1,102 @@
+"""Cross-model consistency: the copies of data.py and metrics.py stay identical.
+
+No model folder imports from another, so loading, splitting and metrics exist in several
+copies. These tests fail on any one-line change to one copy: the shared parts must match
+byte for byte, and every copy must give the same split and the same numbers on the same input.
+(The hand-worked values themselves are checked per copy in test_data_topn.py and
+test_metrics_topn.py.)
+"""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from conftest import REPO, TOP_N_FOLDERS, RATING_FOLDERS, load_module
+
+ALL_FOLDERS = RATING_FOLDERS + TOP_N_FOLDERS
+FILES = ("main.py", "model.py", "data.py", "metrics.py", "README.md")
+PROTOCOL_MARKER = "# ---------------------------------------------------------------- Protocol"
+
+
+def source(folder, name):
+    return (REPO / folder / f"{name}.py").read_text()
+
+
+def without_docstring(text):
+    """The file after its module docstring (which names the folder's own protocol)."""
+    assert text.startswith('"""')
+    return text[text.index('"""', 3) + 3:]
+
+
+def loading_part(text):
+    """Download and parsing code: everything between the docstring and the split section."""
+    body = without_docstring(text)
+    assert PROTOCOL_MARKER in body, "data.py lost its protocol section marker"
+    return body[:body.index(PROTOCOL_MARKER)]
+
+
+@pytest.mark.parametrize("folder", ALL_FOLDERS)
+def test_every_model_folder_is_complete(folder):
+    missing = [name for name in FILES if not (REPO / folder / name).is_file()]
+    assert not missing, f"{folder} lacks {missing}"
+
+
+@pytest.mark.parametrize("folder", [f for f in ALL_FOLDERS if f != "ESAE-PyTorch"])
+def test_download_and_parsing_code_is_identical_everywhere(folder):
+    reference = loading_part(source("ESAE-PyTorch", "data"))
+    assert loading_part(source(folder, "data")) == reference
+
+
+@pytest.mark.parametrize("folder", [f for f in TOP_N_FOLDERS if f != "ESAE-PyTorch"])
+@pytest.mark.parametrize("name", ["data", "metrics"])
+def test_top_n_copies_start_with_the_reference_file(folder, name):
+    """A top-N copy is ESAE-PyTorch's file verbatim, optionally followed by additions."""
+    assert source(folder, name).startswith(source("ESAE-PyTorch", name))
+
+
+@pytest.mark.parametrize("name", ["data", "metrics"])
+def test_rating_copies_are_identical(name):
+    first, second = RATING_FOLDERS
+    assert source(first, name) == source(second, name)
+
+
+# ---------------------------------------------------------------- behaviour
+
+
+def split_arrays(split):
+    arrays = {"item_ids": split.item_ids, "train_users": split.train_user_ids,
+              "train": split.train.toarray()}
+    for name in ("validation", "test"):
+        group = getattr(split, name)
+        arrays[f"{name}_users"] = group.user_ids
+        arrays[f"{name}_fold_in"] = group.fold_in.toarray()
+        arrays[f"{name}_target"] = group.target.toarray()
+        arrays[f"{name}_seqs"] = np.concatenate(group.fold_in_seqs)
+    return arrays
+
+
+@pytest.mark.parametrize("holdout", ["random", "temporal"])
+def test_top_n_splits_are_identical(top_n_file, holdout):
+    splits = {}
+    for folder in TOP_N_FOLDERS:
+        data = load_module(folder, "data")
+        splits[folder] = split_arrays(data.split_top_n(data.load_ratings(top_n_file),
+                                                       heldout_users=200, holdout=holdout))
+    reference = splits.pop("ESAE-PyTorch")
+    for folder, arrays in splits.items():
+        for name, values in reference.items():
+            assert np.array_equal(arrays[name], values), f"{folder}: {name} differs"
+
+
+def test_top_n_metrics_are_identical():
+    rng = np.random.RandomState(3)
+    scores = rng.rand(80, 60)
+    scores[:, :5] = 0.5  # ties
+    fold_in = rng.rand(80, 60) < 0.15
+    target = (rng.rand(80, 60) < 0.15) & ~fold_in
+    fold_in, target = sp.csr_matrix(fold_in, dtype=np.float32), sp.csr_matrix(target,
+                                                                              dtype=np.float32)
+    results = {folder: load_module(folder, "metrics").ranking_metrics(scores, fold_in, target)
+               for folder in TOP_N_FOLDERS}
+    reference = results.pop("ESAE-PyTorch")
+    for folder, values in results.items():
+        assert values == reference, folder
