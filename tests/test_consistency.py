@@ -100,3 +100,32 @@ def test_top_n_metrics_are_identical():
     reference = results.pop("ESAE-PyTorch")
     for folder, values in results.items():
         assert values == reference, folder
+
+
+def split_pairs(split):
+    arrays = {"user_ids": split.user_ids, "item_ids": split.item_ids,
+              "train": split.train.toarray()}
+    for name in ("validation", "test"):
+        pairs = getattr(split, name)
+        arrays.update({f"{name}_{field}": getattr(pairs, field)
+                       for field in ("users", "items", "ratings")})
+    return arrays
+
+
+def test_rating_splits_are_identical(rating_file):
+    splits = {}
+    for folder in RATING_FOLDERS:
+        data = load_module(folder, "data")
+        splits[folder] = split_pairs(data.split_ratings(data.load_ratings(rating_file)))
+    first, second = RATING_FOLDERS
+    for name, values in splits[first].items():
+        assert np.array_equal(splits[second][name], values), name
+
+
+def test_rating_metrics_are_identical(rating_file):
+    data = load_module(RATING_FOLDERS[0], "data")
+    split = data.split_ratings(data.load_ratings(rating_file))
+    predictions = np.random.RandomState(5).uniform(0, 6, len(split.test))
+    results = [load_module(folder, "metrics").rating_metrics(predictions, split.test, split.train)
+               for folder in RATING_FOLDERS]
+    assert results[0] == results[1]

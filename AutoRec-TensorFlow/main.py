@@ -1,0 +1,459 @@
+"""AutoRec-TensorFlow: train and evaluate AutoRec (Sedhain et al. 2015) on MovieLens-1M.
+
+Rating prediction under Protocol A of DESIGN.md (random 81/9/10 split of all ratings,
+the training matrix as the only network input, clipped global RMSE). Owns the command
+line, the training loop with early stopping on validation RMSE, the single test
+evaluation, the run folder (config.json, metrics.jsonl, results.json, checkpoints),
+--resume and CometML logging. Usage: python AutoRec-TensorFlow/main.py --help
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+import data
+import metrics
+
+FOLDER = Path(__file__).resolve().parent
+MODEL_NAME = "AutoRec"
+COMET_PROJECT = "autoencoders-movielens1m"
+DEFAULT_SEED = 1994
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Send what C++ libraries write to stderr to a temporary file, shown only on failure."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as chatter:
+        os.dup2(chatter.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved_stderr, 2)
+            chatter.seek(0)
+            sys.stderr.write(chatter.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+
+
+def import_tensorflow():
+    """Import TensorFlow without its start-up chatter.
+
+    TF_CPP_MIN_LOG_LEVEL silences most C++ logs, but a few lines are written before the
+    logging library is set up (and CUDA probing logs errors on machines without a GPU):
+    those go through captured_stderr.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with captured_stderr():
+        import tensorflow
+        tensorflow.keras.optimizers  # keras is loaded lazily and logs again
+    import absl.logging
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tensorflow.get_logger().setLevel("ERROR")
+    return tensorflow
+
+
+tf = model = None  # set by load_tensorflow() once the command line is parsed
+
+
+def load_tensorflow():
+    """Import TensorFlow quietly, then model.py (which imports it too)."""
+    global tf, model
+    tf = import_tensorflow()
+    import model as model_module
+    model = model_module
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------- command line
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
+    return value
+
+
+def decay_factor(text):
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+    return value
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="AutoRec (Sedhain et al. 2015) on MovieLens-1M: rating prediction "
+                    "(DESIGN.md Protocol A).")
+    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(),
+                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
+    parser.add_argument("--out-dir", type=Path,
+                        help="run folder (default: runs/AutoRec-TensorFlow/<timestamp>/)")
+    parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED,
+                        help="seed of the split, the initial weights and the batch order")
+    parser.add_argument("--variant", choices=("item", "user"), default="item",
+                        help="item: I-AutoRec (encode each movie's ratings); "
+                             "user: U-AutoRec (encode each user's ratings)")
+    parser.add_argument("--hidden", type=positive_int, default=500,
+                        help="hidden units (default: %(default)s)")
+    parser.add_argument("--lam", type=non_negative_float, default=300.0,
+                        help="L2 weight lambda of (lambda/2)(||W||^2 + ||V||^2) "
+                             "(default: %(default)s, chosen on validation, see README.md)")
+    parser.add_argument("--epochs", type=positive_int, default=50,
+                        help="maximum number of epochs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="rows (movies or users) per batch (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3,
+                        help="Adam learning rate of the first epoch (default: %(default)s)")
+    parser.add_argument("--lr-decay", type=decay_factor, default=0.95,
+                        help="the learning rate is multiplied by this after each epoch "
+                             "(default: %(default)s)")
+    parser.add_argument("--patience", type=positive_int, default=10,
+                        help="stop after this many evaluations without a better "
+                             "validation RMSE (default: %(default)s)")
+    parser.add_argument("--eval-every", type=positive_int, default=1,
+                        help="evaluate on validation every this many epochs")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue the interrupted run in RUN_DIR with its own config")
+    parser.add_argument("--stop-after", type=positive_int, metavar="EPOCH",
+                        help="stop after this epoch's checkpoint as if interrupted "
+                             "(to exercise --resume)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
+                        default="auto",
+                        help="auto: online when an API key is configured, else offline")
+    parser.add_argument("--no-download", action="store_true",
+                        help="never download MovieLens-1M; fail if it is missing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.resume is not None:
+        args = resumed_args(parser, args)
+    return args
+
+
+def resumed_args(parser, args):
+    """The interrupted run's own arguments, keeping only this call's run-control flags."""
+    config_path = args.resume / "config.json"
+    if not config_path.is_file():
+        parser.error(f"--resume: {config_path} not found")
+    saved = json.loads(config_path.read_text())["args"]
+    resumed = argparse.Namespace(**{**vars(args), **saved})
+    resumed.data_dir, resumed.out_dir = Path(saved["data_dir"]), args.resume
+    for name in ("resume", "stop_after", "quiet", "comet", "no_download"):
+        setattr(resumed, name, getattr(args, name))
+    return resumed
+
+
+def pick_device(choice):
+    with captured_stderr():
+        gpus = tf.config.list_physical_devices("GPU")
+    if choice == "cuda" and not gpus:
+        sys.exit("error: --device cuda was given but TensorFlow sees no GPU")
+    if choice == "cpu" or not gpus:
+        tf.config.set_visible_devices([], "GPU")
+        return "/CPU:0"
+    return "/GPU:0"
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def make_run_dir(out_dir):
+    if out_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        out_dir = FOLDER.parent / "runs" / FOLDER.name / stamp
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_atomic(path, write):
+    """Call write(tmp_path), then rename tmp_path onto path: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def append_jsonl(path, obj):
+    with open(path, "a") as out:
+        out.write(json.dumps(obj) + "\n")
+
+
+def peak_memory_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- CometML
+
+
+def start_comet(mode, run_dir, hyperparameters):
+    """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
+    if mode == "off":
+        return None
+    import comet_ml
+    has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
+    if mode == "online" and not has_key:
+        sys.exit("error: --comet online needs an API key: set COMET_API_KEY or write "
+                 "~/.comet.config (see README.md)")
+    settings = dict(project_name=os.environ.get("COMET_PROJECT_NAME", COMET_PROJECT),
+                    log_code=False, parse_args=False, log_git_metadata=False,
+                    log_git_patch=False, auto_output_logging=False, display_summary_level=0)
+    if has_key and mode in ("online", "auto"):
+        experiment = comet_ml.Experiment(**settings)
+    else:
+        experiment = comet_ml.OfflineExperiment(offline_directory=str(run_dir), **settings)
+    experiment.set_name(f"{MODEL_NAME} {run_dir.name}")
+    experiment.log_parameters(hyperparameters)
+    return experiment
+
+
+def finish_comet(experiment, run_dir):
+    if experiment is None:
+        return
+    offline = not hasattr(experiment, "url") or experiment.url is None
+    experiment.end()
+    if offline:
+        for archive in sorted(run_dir.glob("*.zip")):
+            print(f"Comet offline archive written; upload it with: comet upload {archive}")
+
+
+def log_evaluation(experiment, record):
+    if experiment is not None:
+        experiment.log_metric("train_loss", record["train_loss"], step=record["epoch"])
+        experiment.log_metrics(record["validation"], prefix="val", step=record["epoch"])
+
+
+# ---------------------------------------------------------------- model and evaluation
+
+
+def network_input(split, variant):
+    """The training matrix with one row per encoded vector: movies (item) or users."""
+    matrix = split.train.T if variant == "item" else split.train
+    return tf.constant(matrix.toarray(), tf.float32)
+
+
+def evaluate(network, inputs, pairs, split, variant):
+    """RMSE of the network on pairs (data.Pairs), the training matrix as its input."""
+    rows, cols = (pairs.items, pairs.users) if variant == "item" else (pairs.users, pairs.items)
+    predictions = model.predict_pairs(network, inputs, rows, cols)
+    return metrics.rating_metrics(predictions, pairs, split.train)
+
+
+class Checkpoints:
+    """Atomic checkpoints of a run: 'last' (weights, optimiser, training state) and 'best'.
+
+    tf.train.CheckpointManager writes each checkpoint under a new name and then updates
+    its index atomically; train_state.json (written atomically after the weights) names
+    the checkpoints it belongs to. Both managers keep the previous checkpoint too, so a
+    crash at any point leaves a state file whose checkpoints exist.
+    """
+
+    def __init__(self, run_dir, network, optimizer):
+        self.run_dir = run_dir
+        self.state_path = run_dir / "train_state.json"
+        self.last = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=network, optimizer=optimizer),
+            str(run_dir / "checkpoints" / "last"), max_to_keep=2)
+        self.best_checkpoint = tf.train.Checkpoint(model=network)
+        self.best = tf.train.CheckpointManager(
+            self.best_checkpoint, str(run_dir / "checkpoints" / "best"), max_to_keep=2)
+
+    def save(self, state, improved):
+        if improved:
+            state["best"]["checkpoint"] = self.best.save(checkpoint_number=state["epoch"])
+        state["checkpoint"] = self.last.save(checkpoint_number=state["epoch"])
+        write_json(self.state_path, state)
+
+    def load_state(self):
+        """The saved training state with weights and optimiser restored, or None."""
+        if not self.state_path.is_file():
+            return None
+        state = json.loads(self.state_path.read_text())
+        self.last.checkpoint.restore(state["checkpoint"]).assert_consumed()
+        return state
+
+    def restore_best(self, state):
+        self.best_checkpoint.restore(state["best"]["checkpoint"]).expect_partial()
+
+
+def initial_state():
+    return {"epoch": 0, "checkpoint": None, "history": [], "bad_evaluations": 0,
+            "stopped": False, "wall_seconds": 0.0,
+            "best": {"epoch": None, "validation": None, "checkpoint": None}}
+
+
+def train(args, split, network, inputs, trainer, checkpoints, state, experiment, run_dir):
+    """Epochs with evaluation, checkpoints and early stopping; returns False if interrupted."""
+    started = time.time() - state["wall_seconds"]
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        if state["stopped"]:
+            break
+        with tqdm(total=math.ceil(int(inputs.shape[0]) / args.batch_size),
+                  desc=f"epoch {epoch}", unit="batch", leave=False,
+                  disable=args.quiet) as bar:
+            def progress(losses):
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+            loss = trainer.train_epoch(args.batch_size, args.seed, epoch, progress)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(diverged_message(loss, epoch, state))
+        if experiment is not None:
+            experiment.log_metric("train_loss", loss, step=epoch)
+        if epoch % args.eval_every and epoch != args.epochs:
+            continue
+        validation = evaluate(network, inputs, split.validation, split, args.variant)
+        record = {"epoch": epoch, "train_loss": loss, "validation": validation}
+        state["history"].append(record)
+        append_jsonl(run_dir / "metrics.jsonl", record)
+        if experiment is not None:
+            experiment.log_metrics(validation, prefix="val", step=epoch)
+        best = state["best"]
+        improved = best["validation"] is None or validation["rmse"] < best["validation"]["rmse"]
+        if improved:
+            state["best"].update(epoch=epoch, validation=validation)
+        state["bad_evaluations"] = 0 if improved else state["bad_evaluations"] + 1
+        state["stopped"] = state["bad_evaluations"] >= args.patience
+        state["epoch"] = epoch
+        state["wall_seconds"] = time.time() - started
+        checkpoints.save(state, improved)
+        tqdm.write(f"epoch {epoch}: train loss {loss:.4f}, validation RMSE "
+                   f"{validation['rmse']:.4f}" + (" (best)" if improved else ""))
+        if args.stop_after is not None and epoch >= args.stop_after:
+            print(f"stopped after epoch {epoch} as asked; continue with --resume {run_dir}")
+            return False
+    return True
+
+
+def diverged_message(loss, epoch, state):
+    best = state["best"]
+    kept = (f"best checkpoint (epoch {best['epoch']}) kept at {best['checkpoint']}"
+            if best["checkpoint"] else "no checkpoint had been written yet")
+    return (f"training loss became {loss} at epoch {epoch}; the run was stopped "
+            f"(try a smaller --lr); {kept}")
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(args):
+    started = time.time()
+    run_dir = make_run_dir(args.out_dir)
+    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
+                                            quiet=args.quiet)
+    ratings = data.load_ratings(ratings_path)
+    split = data.split_ratings(ratings, seed=args.seed)
+    load_tensorflow()
+    device = pick_device(args.device)
+    tf.config.experimental.enable_op_determinism()
+    config = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "model": MODEL_NAME, "device": device, "n_users": len(split.user_ids),
+              "n_items": len(split.item_ids), "n_train": int(split.train.nnz),
+              "n_validation": len(split.validation), "n_test": len(split.test),
+              "data_sha256": ratings.sha256}
+    if args.resume is None:
+        write_json(run_dir / "config.json", config)
+    hyperparameters = {**{k: v for k, v in config["args"].items()
+                          if k not in ("resume", "stop_after", "out_dir")},
+                       **{k: v for k, v in config.items() if k != "args"}}
+    experiment = start_comet(args.comet, run_dir, hyperparameters)
+
+    with tf.device(device):
+        inputs = network_input(split, args.variant)
+        network = model.AutoRec(int(inputs.shape[1]), args.hidden, seed=args.seed)
+        trainer = model.Trainer(network, inputs, args.lam, args.lr, args.lr_decay)
+        checkpoints = Checkpoints(run_dir, network, trainer.optimizer)
+        state = checkpoints.load_state() if args.resume is not None else None
+        if state is None:
+            state = initial_state()
+            (run_dir / "metrics.jsonl").write_text("")
+        else:
+            write_atomic(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(
+                "".join(json.dumps(r) + "\n" for r in state["history"])))
+            for record in state["history"]:
+                log_evaluation(experiment, record)
+            print(f"resumed {run_dir} after epoch {state['epoch']}")
+        previous_wall = state["wall_seconds"]
+        try:
+            finished = train(args, split, network, inputs, trainer, checkpoints, state,
+                             experiment, run_dir)
+        except TrainingDiverged:
+            finish_comet(experiment, run_dir)
+            raise
+        if not finished:
+            finish_comet(experiment, run_dir)
+            return None
+        checkpoints.restore_best(state)
+        test = evaluate(network, inputs, split.test, split, args.variant)
+    best = state["best"]
+    print(f"test RMSE {test['rmse']:.4f} (best epoch {best['epoch']}, validation RMSE "
+          f"{best['validation']['rmse']:.4f})")
+
+    results = {"model": MODEL_NAME, "folder": FOLDER.name, "protocol": "A",
+               "variant": args.variant, "test": test, "validation": best["validation"],
+               "best_epoch": best["epoch"], "selected": {},
+               "wall_seconds": round(previous_wall + time.time() - started, 2),
+               "peak_memory_mb": round(peak_memory_mb(), 1), "seed": args.seed,
+               "data_sha256": ratings.sha256, "device": device}
+    write_json(run_dir / "results.json", results)
+    if experiment is not None:
+        experiment.log_metrics(test, prefix="test")
+        experiment.log_metric("wall_seconds", results["wall_seconds"])
+        experiment.log_metric("best_epoch", best["epoch"])
+    finish_comet(experiment, run_dir)
+    print(f"results written to {run_dir / 'results.json'}")
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except data.DataError as error:
+        sys.exit(f"error: {error}")
+    except TrainingDiverged as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
