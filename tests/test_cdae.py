@@ -1,0 +1,187 @@
+"""CDAE-PyTorch: learning planted structure, fold-in, resume, NaN guard, CLI, real data.
+
+main.py imports its siblings by plain name, so it only ever runs in a subprocess
+(conftest.run_main); model/data/metrics are loaded in-process under unique names.
+"""
+import json
+import re
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import (SHARED_DATA, load_module, planted_top_n_rows, run_main,
+                      write_ratings)
+
+FOLDER = "CDAE-PyTorch"
+SMALL = ("--heldout-users", "200", "--eval-every", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory):
+    """The planted cluster data of conftest (1500 users), shared by this module's runs."""
+    folder = tmp_path_factory.mktemp("cdae") / "data"
+    write_ratings(folder / "ratings.dat", *planted_top_n_rows())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def straight_run(planted_dir):
+    """Four epochs end to end, CometML offline; the reference for the resume test."""
+    out = planted_dir.parent / "straight"
+    done = run_main(FOLDER, "--data-dir", planted_dir, "--out-dir", out, "--epochs", "4",
+                    "--comet", "offline", *SMALL)
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def results_of(run_dir):
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def popularity_ndcg(data_dir):
+    """Test NDCG@100 of ranking items by their training popularity."""
+    data = load_module(FOLDER, "data")
+    metrics = load_module(FOLDER, "metrics")
+    split = data.split_top_n(data.load_ratings(data_dir / "ratings.dat"), heldout_users=200)
+    popularity = np.asarray(split.train.sum(axis=0)).ravel()
+    scores = np.tile(popularity, (split.test.fold_in.shape[0], 1))
+    return metrics.ranking_metrics(scores, split.test.fold_in, split.test.target)["ndcg@100"]
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_main_learns_planted_structure_and_logs_offline(planted_dir, straight_run):
+    out, done = straight_run
+    results = results_of(out)
+    assert results["model"] == "CDAE" and results["protocol"] == "B"
+    assert results["holdout"] == "random" and results["test"]["n_users"] == 200
+    baseline = popularity_ndcg(planted_dir)
+    assert results["test"]["ndcg@100"] > baseline + 0.15, (results["test"], baseline)
+
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert all("train_loss" in line and "ndcg@100" in line["validation"] for line in lines)
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    assert "comet upload" in done.stdout
+
+    archives = list(out.glob("*.zip"))
+    assert len(archives) == 1
+    with zipfile.ZipFile(archives[0]) as archive:
+        logged = "".join(archive.read(name).decode("utf-8", "replace")
+                         for name in archive.namelist())
+    assert "test_ndcg@100" in logged and "train_loss" in logged
+
+
+def test_resume_gives_the_same_results(planted_dir, straight_run, tmp_path):
+    out = tmp_path / "resumed"
+    first = run_main(FOLDER, "--data-dir", planted_dir, "--out-dir", out, "--epochs", "2",
+                     "--comet", "off", *SMALL)
+    assert first.returncode == 0, first.stderr
+    diverging = tmp_path / "diverging"
+    shutil.copytree(out, diverging)
+
+    second = run_main(FOLDER, "--resume", out, "--epochs", "4", "--comet", "off")
+    assert second.returncode == 0, second.stderr
+    straight, resumed = results_of(straight_run[0]), results_of(out)
+    assert resumed["best_epoch"] == straight["best_epoch"]
+    assert resumed["test"] == pytest.approx(straight["test"], abs=1e-9)
+    assert resumed["validation"] == pytest.approx(straight["validation"], abs=1e-9)
+    epochs = [json.loads(line)["epoch"]
+              for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+    # The same interrupted run resumed with a huge learning rate: the loss becomes NaN or
+    # inf in epoch 3, the run stops with one clear message, best.pt (epoch 1 or 2) untouched.
+    config = json.loads((diverging / "config.json").read_text())
+    (diverging / "config.json").write_text(json.dumps({**config, "lr": 1e37}))
+    best_before = (diverging / "best.pt").read_bytes()
+    results_before = (diverging / "results.json").read_bytes()  # of the 2-epoch run
+    crashed = run_main(FOLDER, "--resume", diverging, "--epochs", "4", "--comet", "off")
+    assert crashed.returncode != 0
+    message = crashed.stderr.strip().splitlines()[-1]
+    assert re.match(r"error: training loss became (nan|inf) at epoch 3;", message), message
+    assert "best checkpoint (epoch" in message and str(diverging / "best.pt") in message
+    assert "Traceback" not in crashed.stderr
+    assert (diverging / "best.pt").read_bytes() == best_before
+    assert (diverging / "results.json").read_bytes() == results_before
+
+
+@pytest.mark.parametrize("flag,value", [("--dropout", "-0.1"), ("--dropout", "1"),
+                                        ("--batch-size", "0"), ("--l2", "-1")])
+def test_bad_flags_are_argparse_errors(flag, value):
+    done = run_main(FOLDER, flag, value, "--comet", "off", "--no-download")
+    assert done.returncode == 2
+    assert f"argument {flag}" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ratings.dat").is_file(),
+                    reason=f"real MovieLens-1M not found at {SHARED_DATA}")
+def test_real_data_smoke(tmp_path):
+    done = run_main(FOLDER, "--data-dir", SHARED_DATA, "--out-dir", tmp_path, "--epochs", "1",
+                    "--fold-in-steps", "10", "--comet", "off", "--quiet", "--no-download")
+    assert done.returncode == 0, done.stderr
+    results = results_of(tmp_path)
+    assert results["test"]["n_users"] == 600 and results["best_epoch"] == 1
+    assert results["data_sha256"].startswith("562c998d")
+    assert 0.1 < results["test"]["ndcg@100"] < 1
+
+
+# ---------------------------------------------------------------- model, in-process
+
+
+def small_net(user_node=True, n_items=40, seed=0):
+    model = load_module(FOLDER, "model")
+    torch.manual_seed(seed)
+    net = model.CDAE(n_items, n_users=30, hidden=8, user_node=user_node)
+    x = (torch.rand(12, n_items) < 0.3).float()
+    return model, net, x
+
+
+def test_fold_in_changes_only_the_user_vectors():
+    model, net, x = small_net()
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    vectors = model.fold_in(net, x, steps=20, lr=0.05, l2=1e-3, negatives=5.0)
+    after = net.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert all(p.grad is None and p.requires_grad for p in net.parameters())
+    assert vectors.shape == (12, 8) and vectors.abs().sum() > 0
+
+    # and the fitted vectors do their job: the fold-in loss falls
+    weights = model.expected_mask(x, 5.0)
+    loss = lambda v: model.reconstruction_loss(net(x, v), x, weights).mean().item()
+    assert loss(vectors) < loss(torch.zeros_like(vectors)) - 0.1
+
+
+def test_plain_dae_has_no_user_vectors():
+    model, net, x = small_net(user_node=False)
+    assert net.user_vectors is None
+    assert model.fold_in(net, x, steps=5) is None
+    assert model.scores(net, x, None).shape == x.shape
+
+
+def test_fold_in_items_never_ranked():
+    model, net, x = small_net()
+    metrics = load_module(FOLDER, "metrics")
+    import scipy.sparse as sp
+    with torch.no_grad():  # make the fold-in items the highest-scoring ones
+        net.decoder.bias.copy_(x.sum(dim=0) * 100)
+    scores = model.scores(net, x, model.fold_in(net, x, steps=5)).numpy()
+    fold_in = sp.csr_matrix(x.numpy())
+    top = metrics.top_k_items(scores, fold_in, 20)
+    assert not np.take_along_axis(x.numpy() > 0, top, axis=1).any()
+
+
+def test_negative_sampling_rate():
+    model = load_module(FOLDER, "model")
+    x = torch.zeros(200, 1000)
+    x[:, :50] = 1
+    mask = model.loss_mask(x, 5.0, torch.Generator().manual_seed(0))
+    assert mask[:, :50].all()
+    assert mask[:, 50:].float().sum(dim=1).mean().item() == pytest.approx(250, rel=0.05)
+    expected = model.expected_mask(x, 5.0)
+    assert expected[:, 50:].sum(dim=1).mean().item() == pytest.approx(250, rel=1e-4)
+    assert model.loss_mask(x, None, None) is None
