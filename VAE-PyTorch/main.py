@@ -1,0 +1,461 @@
+"""VAE-PyTorch: train and evaluate Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens-1M,
+Protocol B.
+
+Owns the command line, the training loop with KL annealing, early stopping on validation
+NDCG@100, the single test evaluation of the best weights, the run folder (config.json,
+metrics.jsonl, results.json, last.pt and best.pt checkpoints), resuming, and CometML
+logging. Usage: python VAE-PyTorch/main.py --help
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+import metrics
+import model
+
+FOLDER = Path(__file__).resolve().parent
+MODEL_NAMES = {"vae": "Mult-VAE", "dae": "Mult-DAE"}
+SELECTION_METRIC = "ndcg@100"
+COMET_PROJECT = "autoencoders-movielens1m"
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a non-finite loss); the message says what is kept where."""
+
+
+class Diverged(Exception):
+    def __init__(self, epoch, step, value):
+        super().__init__(f"loss {value} at epoch {epoch}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+# ---------------------------------------------------------------- command line
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
+    return value
+
+
+def dropout_rate(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
+    return value
+
+
+def positive_int_list(text):
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, not {text}")
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be positive, not {text}")
+    return values
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens-1M: top-N ranking "
+                    "under strong generalisation (DESIGN.md Protocol B).")
+    parser.add_argument("--model", dest="variant", choices=("vae", "dae"), default="vae",
+                        help="vae: Mult-VAE; dae: Mult-DAE (same network, no sampling, no KL)")
+    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(),
+                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
+    parser.add_argument("--out-dir", type=Path,
+                        help="run folder (default: runs/VAE-PyTorch/<timestamp>/)")
+    parser.add_argument("--seed", type=non_negative_int, default=98765,
+                        help="seed of the split, the initial weights and every epoch's noise")
+    parser.add_argument("--epochs", type=positive_int, default=200)
+    parser.add_argument("--batch-size", type=positive_int, default=500, help="users per update")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0,
+                        help="L2 weight decay of Adam")
+    parser.add_argument("--hidden", type=positive_int, default=600, help="hidden layer width")
+    parser.add_argument("--latent", type=positive_int, default=200, help="code size")
+    parser.add_argument("--dropout", type=dropout_rate, default=0.5,
+                        help="dropout rate on the normalised input row")
+    parser.add_argument("--anneal-cap", type=non_negative_float, default=0.2,
+                        help="largest KL weight beta (--anneal-mode cap)")
+    parser.add_argument("--total-anneal-steps", type=non_negative_int,
+                        help="beta = min(cap, update / this); default: the number of updates "
+                             "of the whole run (epochs x batches per epoch); 0: beta = cap "
+                             "from the start")
+    parser.add_argument("--anneal-mode", choices=("cap", "best"), default="cap",
+                        help="cap: anneal up to --anneal-cap and stay there; best: the "
+                             "paper's alternative, anneal towards 1 and keep the weights and "
+                             "beta of the best validation NDCG@100")
+    parser.add_argument("--patience", type=positive_int, default=20,
+                        help="stop after this many evaluations without a better validation "
+                             "NDCG@100")
+    parser.add_argument("--eval-every", type=positive_int, default=1,
+                        help="evaluate (and checkpoint) every this many epochs")
+    parser.add_argument("--holdout", choices=("random", "temporal"), default="random",
+                        help="targets: a random 20%% of each held-out user's positives, "
+                             "or the latest 20%%")
+    parser.add_argument("--min-rating", type=non_negative_int, default=4,
+                        help="ratings at or above this are positives; 0 keeps every rating")
+    parser.add_argument("--heldout-users", type=positive_int, default=600,
+                        help="number of validation users, and of test users")
+    parser.add_argument("--ks", type=positive_int_list, default=list(metrics.DEFAULT_KS),
+                        help="cut-offs K of the reported metrics (default: 10,20,50,100)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint, with its "
+                             "config.json (other flags but --comet and --quiet are ignored)")
+    parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
+                        default="auto",
+                        help="auto: online when an API key is configured, else offline")
+    parser.add_argument("--no-download", action="store_true",
+                        help="never download MovieLens-1M; fail if it is missing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def resumed_args(args):
+    """The arguments of the run in args.resume (its config.json), keeping --comet/--quiet."""
+    config_path = args.resume / "config.json"
+    if not config_path.is_file():
+        raise TrainingError(f"--resume {args.resume}: no config.json there")
+    config = json.loads(config_path.read_text())
+    restored = argparse.Namespace(**vars(args))
+    for name in vars(args):
+        if name in config and name not in ("resume", "comet", "quiet"):
+            setattr(restored, name, config[name])
+    restored.data_dir = Path(restored.data_dir)
+    restored.out_dir = args.resume
+    return restored
+
+
+def pick_device(choice):
+    if choice == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was given but no CUDA device is available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def make_run_dir(out_dir):
+    if out_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        out_dir = FOLDER.parent / "runs" / FOLDER.name / stamp
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_atomic(path, write):
+    """Call write(tmp_path), then rename tmp_path onto path: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def append_jsonl(path, obj):
+    with open(path, "a") as out:
+        out.write(json.dumps(obj) + "\n")
+
+
+def peak_memory_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- CometML
+
+
+def start_comet(mode, run_dir, hyperparameters, model_name):
+    """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
+    if mode == "off":
+        return None
+    import comet_ml
+    has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
+    if mode == "online" and not has_key:
+        sys.exit("error: --comet online needs an API key: set COMET_API_KEY or write "
+                 "~/.comet.config (see README.md)")
+    settings = dict(project_name=os.environ.get("COMET_PROJECT_NAME", COMET_PROJECT),
+                    log_code=False, parse_args=False, log_git_metadata=False,
+                    log_git_patch=False, auto_output_logging=False, display_summary_level=0)
+    if has_key and mode in ("online", "auto"):
+        experiment = comet_ml.Experiment(**settings)
+    else:
+        experiment = comet_ml.OfflineExperiment(offline_directory=str(run_dir), **settings)
+    experiment.set_name(f"{model_name} {run_dir.name}")
+    experiment.log_parameters(hyperparameters)
+    return experiment
+
+
+def finish_comet(experiment, run_dir):
+    if experiment is None:
+        return
+    offline = not hasattr(experiment, "url") or experiment.url is None
+    experiment.end()
+    if offline:
+        for archive in sorted(run_dir.glob("*.zip")):
+            print(f"Comet offline archive written; upload it with: comet upload {archive}")
+
+
+# ---------------------------------------------------------------- training
+
+
+def anneal_settings(args, n_train_users):
+    """(cap, total_anneal_steps): the default total is the whole run's number of updates."""
+    cap = 1.0 if args.anneal_mode == "best" else args.anneal_cap
+    total = args.total_anneal_steps
+    if total is None:
+        total = default_anneal_steps(n_train_users, args.batch_size, args.epochs)
+    return cap, total
+
+
+def default_anneal_steps(n_train_users, batch_size, epochs):
+    """Updates of a whole run: beta = update / this reaches a cap c after c of the run."""
+    return epochs * math.ceil(n_train_users / batch_size)
+
+
+def epoch_generators(seed, epoch, device):
+    """A NumPy RandomState (shuffling) and a torch Generator (noise) for one epoch alone."""
+    numpy_seed, torch_seed = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(torch_seed))
+    return np.random.RandomState(numpy_seed), generator
+
+
+def train_epoch(net, optimizer, train, epoch, step, args, anneal, device):
+    """One pass over the training users in a shuffled order; returns (mean loss, step, beta)."""
+    net.train()
+    shuffler, generator = epoch_generators(args.seed, epoch, device)
+    order = shuffler.permutation(train.shape[0])
+    starts = range(0, len(order), args.batch_size)
+    total, beta = 0.0, 0.0
+    bar = tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+    for batch, start in enumerate(bar, start=1):
+        rows = train[order[start:start + args.batch_size]]
+        x = model.sparse_rows(rows, device)
+        beta = model.anneal_beta(step, anneal[1], anneal[0]) if net.variational else 0.0
+        logits, mu, logvar = net(x, generator)
+        neg_ll, kl = model.loss_terms(logits, x, mu, logvar)
+        loss = neg_ll + beta * kl
+        value = loss.item()
+        if not math.isfinite(value):
+            raise Diverged(epoch, step, value)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        total += value
+        bar.set_postfix(loss=f"{total / batch:.2f}")
+    return total / len(starts), step, beta
+
+
+@torch.no_grad()
+def evaluate(net, held_out, ks, batch_size, device):
+    """Metrics over all held-out users, scored in batches from their fold-in items only."""
+    net.eval()
+    per_user = []
+    for start in range(0, held_out.fold_in.shape[0], batch_size):
+        fold_in = held_out.fold_in[start:start + batch_size]
+        logits, _, _ = net(model.sparse_rows(fold_in, device))
+        per_user.append(metrics.per_user_metrics(
+            logits.cpu().numpy(), fold_in, held_out.target[start:start + batch_size], ks))
+    return metrics.average(per_user)
+
+
+def summary_line(label, values):
+    shown = ", ".join(f"{name} {values[name]:.4f}" for name in
+                      ("precision@20", "recall@20", "ndcg@100") if name in values)
+    return f"{label}: {shown}"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path, obj):
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def fresh_state():
+    return {"epoch": 0, "step": 0, "best": None, "bad_evals": 0, "history": []}
+
+
+def load_last(run_dir, net, optimizer, device):
+    """Restore net and optimizer from run_dir/last.pt; returns the loop state."""
+    checkpoint = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
+    net.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["state"]
+
+
+def record_evaluation(run_dir, net, optimizer, state, line, item_ids, patience):
+    """Update best/patience, write best.pt (if better), metrics.jsonl and last.pt."""
+    score = line["validation"][SELECTION_METRIC]
+    best = state["best"]
+    if best is None or score > best["validation"][SELECTION_METRIC]:
+        state["best"] = {key: line[key] for key in ("epoch", "beta", "validation")}
+        state["bad_evals"] = 0
+        save_checkpoint(run_dir / "best.pt", {"model": net.state_dict(), "item_ids": item_ids,
+                                              **state["best"]})
+    else:
+        state["bad_evals"] += 1
+    state["history"].append(line)
+    append_jsonl(run_dir / "metrics.jsonl", line)
+    save_checkpoint(run_dir / "last.pt", {"model": net.state_dict(),
+                                          "optimizer": optimizer.state_dict(), "state": state})
+    return state["bad_evals"] >= patience
+
+
+def diverged_message(error, run_dir, state):
+    best = state["best"]
+    kept = (f"best checkpoint (epoch {best['epoch']}) kept at {run_dir / 'best.pt'}"
+            if best else "no evaluation had finished, so there is no best checkpoint")
+    return (f"training loss became {error.value} at epoch {error.epoch} (update "
+            f"{error.step + 1}); try a smaller --lr; {kept}")
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(args):
+    started = time.time()
+    if args.resume is not None:
+        args = resumed_args(args)
+    device = pick_device(args.device)
+    ks = sorted(set(args.ks) | {100})
+    run_dir = make_run_dir(args.out_dir)
+    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
+                                            quiet=args.quiet)
+    ratings = data.load_ratings(ratings_path)
+    split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
+                             heldout_users=args.heldout_users, holdout=args.holdout)
+    model_name = MODEL_NAMES[args.variant]
+    anneal = anneal_settings(args, split.train.shape[0])
+    config = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "model": model_name, "device": str(device), "anneal_cap_used": anneal[0],
+              "total_anneal_steps_used": anneal[1],
+              "n_train_users": len(split.train_user_ids), "n_items": split.n_items,
+              "data_sha256": ratings.sha256}
+    if args.resume is None:
+        write_json(run_dir / "config.json", config)
+    experiment = start_comet(args.comet, run_dir, config, model_name)
+
+    torch.manual_seed(args.seed)
+    net = model.MultVAE(split.n_items, args.hidden, args.latent, args.dropout,
+                        variational=args.variant == "vae").to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                 fused=True)   # one kernel per step: the CPU step is ~4x faster
+    state = fresh_state()
+    if args.resume is not None and not (run_dir / "last.pt").is_file():
+        print(f"{run_dir} has no last.pt yet (no evaluation finished): starting at epoch 1")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    elif args.resume is not None:
+        state = load_last(run_dir, net, optimizer, device)
+        write_atomic(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(
+            "".join(json.dumps(line) + "\n" for line in state["history"])))
+        print(f"resuming {run_dir} after epoch {state['epoch']}")
+
+    try:
+        train_loop(args, net, optimizer, split, state, anneal, ks, device, run_dir, experiment)
+    except Diverged as error:
+        finish_comet(experiment, run_dir)
+        raise TrainingError(diverged_message(error, run_dir, state)) from None
+
+    best = state["best"]
+    checkpoint = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    net.load_state_dict(checkpoint["model"])
+    test = evaluate(net, split.test, ks, args.batch_size, device)
+    print(summary_line(f"test (epoch {best['epoch']}, beta {best['beta']:.3f})", test))
+
+    results = {"model": model_name, "folder": FOLDER.name, "protocol": "B",
+               "holdout": args.holdout, "test": test, "validation": best["validation"],
+               "best_epoch": best["epoch"],
+               "selected": {"beta": best["beta"], "anneal_mode": args.anneal_mode,
+                            "anneal_cap": anneal[0], "total_anneal_steps": anneal[1]},
+               "wall_seconds": round(time.time() - started, 2),
+               "peak_memory_mb": round(peak_memory_mb(), 1), "seed": args.seed,
+               "data_sha256": ratings.sha256, "device": str(device)}
+    write_json(run_dir / "results.json", results)
+    if experiment is not None:
+        experiment.log_metrics(test, prefix="test")
+        experiment.log_metric("wall_seconds", results["wall_seconds"])
+        experiment.log_metric("best_epoch", best["epoch"])
+        experiment.log_metric("selected_beta", best["beta"])
+    finish_comet(experiment, run_dir)
+    print(f"results written to {run_dir / 'results.json'}")
+    return results
+
+
+def train_loop(args, net, optimizer, split, state, anneal, ks, device, run_dir, experiment):
+    """Epochs from state['epoch'] + 1 on, evaluating every --eval-every and at the end."""
+    if state["best"] is not None and state["bad_evals"] >= args.patience:
+        return
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        loss, state["step"], beta = train_epoch(net, optimizer, split.train, epoch,
+                                                state["step"], args, anneal, device)
+        state["epoch"] = epoch
+        if experiment is not None:
+            experiment.log_metric("train_loss", loss, step=epoch)
+            experiment.log_metric("beta", beta, step=epoch)
+        if epoch % args.eval_every and epoch != args.epochs:
+            continue
+        validation = evaluate(net, split.validation, ks, args.batch_size, device)
+        if experiment is not None:
+            experiment.log_metrics(validation, prefix="val", step=epoch)
+        tqdm.write(summary_line(f"epoch {epoch} loss {loss:.2f} beta {beta:.3f} validation",
+                                validation))
+        line = {"epoch": epoch, "train_loss": loss, "beta": beta, "validation": validation}
+        if record_evaluation(run_dir, net, optimizer, state, line, split.item_ids,
+                             args.patience):
+            tqdm.write(f"early stop: no better validation {SELECTION_METRIC} in "
+                       f"{args.patience} evaluations")
+            return
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (data.DataError, TrainingError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
