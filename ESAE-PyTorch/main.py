@@ -32,8 +32,8 @@ COMET_PROJECT = "autoencoders-movielens1m"
 
 def positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, not {text}")
     return value
 
 

@@ -85,7 +85,7 @@ def test_main_runs_from_inside_its_folder(top_n_file, tmp_path):
     assert (tmp_path / "run" / "results.json").is_file()
 
 
-@pytest.mark.parametrize("flag", [["--lam", "-1"], ["--lambdas", "100,0"], ["--ks", "10,-5"],
+@pytest.mark.parametrize("flag", [["--lam", "-1"], ["--lambdas", "100,inf"], ["--ks", "10,-5"],
                                   ["--device", "tpu"]])
 def test_bad_flags_give_argparse_errors(flag):
     done = run_main(FOLDER, *flag)
