@@ -1,0 +1,530 @@
+"""SVAE-PyTorch: train and evaluate the sequential VAE (Sachdeva et al. 2019) on
+MovieLens-1M, Protocol B.
+
+Owns the command line, the batched training loop (users of similar length batched
+together, padded, truncated back-propagation through time), KL annealing, early stopping
+on validation NDCG@100, the single test evaluation of the best weights, the run folder
+(config.json, metrics.jsonl, results.json, last.pt and best.pt checkpoints), resuming, and
+CometML logging. Usage: python SVAE-PyTorch/main.py --help
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+import metrics
+import model
+
+FOLDER = Path(__file__).resolve().parent
+MODEL_NAME = "SVAE"
+SELECTION_METRIC = "ndcg@100"
+COMET_PROJECT = "autoencoders-movielens1m"
+DEFAULT_EPOCHS = 12
+EVAL_BATCH_USERS = 256
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a non-finite loss); the message says what is kept where."""
+
+
+class Diverged(Exception):
+    def __init__(self, epoch, step, value):
+        super().__init__(f"loss {value} at epoch {epoch}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+# ---------------------------------------------------------------- command line
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
+    return value
+
+
+def dropout_rate(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
+    return value
+
+
+def positive_int_list(text):
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, not {text}")
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be positive, not {text}")
+    return values
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="SVAE, the sequential VAE (Sachdeva et al. 2019), on MovieLens-1M: "
+                    "top-N ranking under strong generalisation (DESIGN.md Protocol B).")
+    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(),
+                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
+    parser.add_argument("--out-dir", type=Path,
+                        help="run folder (default: runs/SVAE-PyTorch/<timestamp>/)")
+    parser.add_argument("--seed", type=non_negative_int, default=98765,
+                        help="seed of the split, the initial weights and every epoch's noise")
+    parser.add_argument("--epochs", type=positive_int,
+                        help=f"most epochs (default {DEFAULT_EPOCHS}); with --resume, "
+                             f"a new total for the resumed run")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="users per update (users of similar length are batched together)")
+    parser.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0,
+                        help="L2 weight decay of Adam")
+    parser.add_argument("--embed-dim", type=positive_int, default=256, help="item embedding size")
+    parser.add_argument("--rnn-dim", type=positive_int, default=200, help="GRU state size")
+    parser.add_argument("--hidden-dim", type=positive_int, default=150,
+                        help="hidden layer of the encoder and of the decoder MLP")
+    parser.add_argument("--latent-dim", type=positive_int, default=64, help="latent z size")
+    parser.add_argument("--dropout", type=dropout_rate, default=0.0,
+                        help="dropout on the item embeddings and on the GRU outputs")
+    parser.add_argument("--next-k", type=positive_int, default=4,
+                        help="each step predicts the user's next k items")
+    parser.add_argument("--anneal-cap", type=non_negative_float, default=0.2,
+                        help="largest KL weight beta")
+    parser.add_argument("--anneal-epochs", type=non_negative_float, default=5.0,
+                        help="beta grows linearly from 0 to the cap over this many epochs "
+                             "of updates (0: the cap from the start)")
+    parser.add_argument("--bptt", type=positive_int, default=100,
+                        help="truncated back-propagation: gradient flows through at most "
+                             "this many steps; longer histories are processed in chunks "
+                             "with the GRU state carried over")
+    parser.add_argument("--loss-steps", type=non_negative_int, default=32,
+                        help="per user and epoch, the loss counts at most this many of the "
+                             "user's steps, drawn at random (an unbiased estimate of the "
+                             "user's mean step loss at a fraction of the softmax cost); "
+                             "0: every step")
+    parser.add_argument("--clip", type=non_negative_float, default=5.0,
+                        help="clip the gradient norm of each update at this (0: off)")
+    parser.add_argument("--score", choices=("last", "mean"), default="last",
+                        help="rank by the last step's distribution (the paper's), or by "
+                             "the mean of every fold-in step's distribution")
+    parser.add_argument("--patience", type=positive_int, default=3,
+                        help="stop after this many evaluations without a better validation "
+                             "NDCG@100")
+    parser.add_argument("--eval-every", type=positive_int, default=1,
+                        help="evaluate (and checkpoint) every this many epochs")
+    parser.add_argument("--holdout", choices=("random", "temporal"), default="random",
+                        help="targets: a random 20%% of each held-out user's positives "
+                             "(fold-in items stay in time order), or the latest 20%%")
+    parser.add_argument("--min-rating", type=non_negative_int, default=4,
+                        help="ratings at or above this are positives; 0 keeps every rating")
+    parser.add_argument("--heldout-users", type=positive_int, default=600,
+                        help="number of validation users, and of test users")
+    parser.add_argument("--ks", type=positive_int_list, default=list(metrics.DEFAULT_KS),
+                        help="cut-offs K of the reported metrics (default: 10,20,50,100)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="CPU threads of PyTorch (default 1: the GRU's small per-step "
+                             "products gain nothing from more, and lose much on a busy "
+                             "machine)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint (its "
+                             "config.json is reused; only --epochs, --comet, --quiet, "
+                             "--threads may change)")
+    parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
+                        default="auto",
+                        help="auto: online when an API key is configured, else offline")
+    parser.add_argument("--no-download", action="store_true",
+                        help="never download MovieLens-1M; fail if it is missing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+KEPT_ON_RESUME = ("resume", "comet", "quiet", "threads")
+
+
+def resumed_args(args):
+    """The arguments of the run in args.resume (its config.json); --epochs may grow."""
+    config_path = args.resume / "config.json"
+    if not config_path.is_file():
+        raise TrainingError(f"--resume {args.resume}: no config.json there")
+    config = json.loads(config_path.read_text())
+    restored = argparse.Namespace(**vars(args))
+    for name in vars(args):
+        if name in config and name not in KEPT_ON_RESUME:
+            if name == "epochs" and args.epochs is not None:
+                continue
+            setattr(restored, name, config[name])
+    restored.data_dir = Path(restored.data_dir)
+    restored.out_dir = args.resume
+    return restored
+
+
+def pick_device(choice):
+    if choice == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda was given but no CUDA device is available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def make_run_dir(out_dir):
+    if out_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        out_dir = FOLDER.parent / "runs" / FOLDER.name / stamp
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_atomic(path, write):
+    """Call write(tmp_path), then rename tmp_path onto path: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def append_jsonl(path, obj):
+    with open(path, "a") as out:
+        out.write(json.dumps(obj) + "\n")
+
+
+def peak_memory_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- CometML
+
+
+def start_comet(mode, run_dir, hyperparameters):
+    """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
+    if mode == "off":
+        return None
+    import comet_ml
+    has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
+    if mode == "online" and not has_key:
+        sys.exit("error: --comet online needs an API key: set COMET_API_KEY or write "
+                 "~/.comet.config (see README.md)")
+    settings = dict(project_name=os.environ.get("COMET_PROJECT_NAME", COMET_PROJECT),
+                    log_code=False, parse_args=False, log_git_metadata=False,
+                    log_git_patch=False, auto_output_logging=False, display_summary_level=0)
+    if has_key and mode in ("online", "auto"):
+        experiment = comet_ml.Experiment(**settings)
+    else:
+        experiment = comet_ml.OfflineExperiment(offline_directory=str(run_dir), **settings)
+    experiment.set_name(f"{MODEL_NAME} {run_dir.name}")
+    experiment.log_parameters(hyperparameters)
+    return experiment
+
+
+def finish_comet(experiment, run_dir):
+    if experiment is None:
+        return
+    offline = not hasattr(experiment, "url") or experiment.url is None
+    experiment.end()
+    if offline:
+        for archive in sorted(run_dir.glob("*.zip")):
+            print(f"Comet offline archive written; upload it with: comet upload {archive}")
+
+
+# ---------------------------------------------------------------- batches
+
+
+def epoch_generators(seed, epoch):
+    """A NumPy RandomState (batching) and a torch seed (noise, dropout) for one epoch alone."""
+    numpy_seed, torch_seed = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    return np.random.RandomState(numpy_seed), int(torch_seed)
+
+
+def length_batches(lengths, batch_size, shuffler):
+    """Batches of users of similar length in a random order, so that padding stays small.
+
+    Users are sorted by their length scaled by a random factor in [1, 1.25), cut into
+    batches of batch_size, and the batches are shuffled: batches differ from epoch to epoch.
+    """
+    key = lengths * (1.0 + 0.25 * shuffler.rand(len(lengths)))
+    order = np.argsort(key, kind="stable")
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [batches[i] for i in shuffler.permutation(len(batches))]
+
+
+def to_tensors(seqs, n_items, next_k, device, max_steps=0, shuffler=None):
+    """Padded items, next-k targets and weights (zero outside the counted steps), and each
+    user's number of counted steps."""
+    padded, lengths = data.pad_sequences(seqs, n_items)
+    targets, weights = data.next_k_targets(padded, lengths, next_k)
+    counted = data.loss_step_mask(lengths, padded.shape[1], max_steps, shuffler)
+    weights *= counted[:, :, None]
+    return (torch.from_numpy(padded).to(device), torch.from_numpy(targets).to(device),
+            torch.from_numpy(weights).to(device),
+            torch.from_numpy(counted.sum(axis=1)).to(device))
+
+
+def anneal_beta(step, cap, total_steps):
+    return cap if total_steps <= 0 else min(cap, cap * step / total_steps)
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_epoch(net, optimizer, seqs, epoch, step, args, n_items, device):
+    """One pass over the training users; returns ([mean loss, NLL, KL per user], step, beta)."""
+    net.train()
+    shuffler, torch_seed = epoch_generators(args.seed, epoch)
+    torch.manual_seed(torch_seed)
+    lengths = np.array([len(seq) for seq in seqs])
+    batches = length_batches(lengths, args.batch_size, shuffler)
+    total_steps = round(args.anneal_epochs * len(batches))
+    totals, n_users, beta = np.zeros(3), 0, 0.0
+    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+    for batch in bar:
+        items, targets, weights, n_steps = to_tensors([seqs[u] for u in batch], n_items,
+                                                      args.next_k, device, args.loss_steps,
+                                                      shuffler)
+        beta = anneal_beta(step, args.anneal_cap, total_steps)
+        optimizer.zero_grad()
+        loss, nll, kl = model.batch_loss(net, items, targets, weights, n_steps, beta,
+                                         args.bptt, backward=True)
+        if not math.isfinite(loss):
+            raise Diverged(epoch, step, loss)
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+        optimizer.step()
+        step += 1
+        totals += np.array([loss, nll, kl]) * len(batch)
+        n_users += len(batch)
+        bar.set_postfix(loss=f"{totals[0] / n_users:.3f}")
+    return list(totals / n_users), step, beta
+
+
+def score_users(net, seqs, n_items, device, score="last"):
+    """Scores (users x items, NumPy, in the order of seqs) from whole sequences: the last
+    step's logits, or with score="mean" the log of the mean of all steps' distributions."""
+    net.eval()
+    scores = np.empty((len(seqs), n_items), dtype=np.float32)
+    order = np.argsort([len(seq) for seq in seqs], kind="stable")
+    for start in range(0, len(order), EVAL_BATCH_USERS):
+        rows = order[start:start + EVAL_BATCH_USERS]
+        padded, lengths = data.pad_sequences([seqs[r] for r in rows], n_items)
+        scorer = model.last_step_scores if score == "last" else model.mean_step_scores
+        logits = scorer(net, torch.from_numpy(padded).to(device),
+                        torch.from_numpy(lengths).to(device))
+        scores[rows] = logits.cpu().numpy()
+    return scores
+
+
+def evaluate(net, held_out, ks, n_items, device, score="last"):
+    """Metrics over all held-out users: whole fold-in sequence in, every fold-in item masked."""
+    scores = score_users(net, held_out.fold_in_seqs, n_items, device, score)
+    return metrics.ranking_metrics(scores, held_out.fold_in, held_out.target, ks)
+
+
+def summary_line(label, values):
+    shown = ", ".join(f"{name} {values[name]:.4f}" for name in
+                      ("precision@20", "recall@20", "ndcg@100") if name in values)
+    return f"{label}: {shown}"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path, obj):
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def fresh_state():
+    return {"epoch": 0, "step": 0, "best": None, "bad_evals": 0, "history": []}
+
+
+def load_last(run_dir, net, optimizer, device):
+    """Restore net and optimizer from run_dir/last.pt; returns the loop state."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise TrainingError(f"--resume {run_dir}: no last.pt there (no evaluation had "
+                            f"finished); start the run again")
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    net.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["state"]
+
+
+def record_evaluation(run_dir, net, optimizer, state, line, item_ids, patience):
+    """Update best/patience, write best.pt (if better), metrics.jsonl and last.pt."""
+    score = line["validation"][SELECTION_METRIC]
+    best = state["best"]
+    if best is None or score > best["validation"][SELECTION_METRIC]:
+        state["best"] = {key: line[key] for key in ("epoch", "beta", "validation")}
+        state["bad_evals"] = 0
+        save_checkpoint(run_dir / "best.pt", {"model": net.state_dict(), "item_ids": item_ids,
+                                              **state["best"]})
+    else:
+        state["bad_evals"] += 1
+    state["history"].append(line)
+    append_jsonl(run_dir / "metrics.jsonl", line)
+    save_checkpoint(run_dir / "last.pt", {"model": net.state_dict(),
+                                          "optimizer": optimizer.state_dict(), "state": state})
+    return state["bad_evals"] >= patience
+
+
+def diverged_message(error, run_dir, state):
+    best = state["best"]
+    kept = (f"best checkpoint (epoch {best['epoch']}) kept at {run_dir / 'best.pt'}"
+            if best else "no evaluation had finished, so there is no best checkpoint")
+    return (f"training loss became {error.value} at epoch {error.epoch} (update "
+            f"{error.step + 1}); try a smaller --lr or --clip; {kept}")
+
+
+# ---------------------------------------------------------------- run
+
+
+def build_model(args, n_items, device):
+    torch.manual_seed(args.seed)
+    net = model.SVAE(n_items, args.embed_dim, args.rnn_dim, args.hidden_dim, args.latent_dim,
+                     args.dropout).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    return net, optimizer
+
+
+def run(args):
+    started = time.time()
+    if args.resume is not None:
+        args = resumed_args(args)
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    ks = sorted(set(args.ks) | {100})
+    run_dir = make_run_dir(args.out_dir)
+    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
+                                            quiet=args.quiet)
+    ratings = data.load_ratings(ratings_path)
+    split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
+                             heldout_users=args.heldout_users, holdout=args.holdout)
+    train_seqs = [seq for seq in split.train_seqs if len(seq) >= 2]  # >= 1 step with a target
+    config = {**{k: str(v.resolve()) if isinstance(v, Path) else v  # resumable from any cwd
+                 for k, v in vars(args).items()},
+              "model": MODEL_NAME, "device": str(device),
+              "n_train_users": len(train_seqs), "n_items": split.n_items,
+              "data_sha256": ratings.sha256}
+    if args.resume is None:
+        write_json(run_dir / "config.json", config)
+    experiment = start_comet(args.comet, run_dir, config)
+
+    net, optimizer = build_model(args, split.n_items, device)
+    state = fresh_state()
+    if args.resume is not None:
+        state = load_last(run_dir, net, optimizer, device)
+        write_atomic(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(
+            "".join(json.dumps(line) + "\n" for line in state["history"])))
+        print(f"resuming {run_dir} after epoch {state['epoch']}")
+
+    try:
+        train_loop(args, net, optimizer, split, train_seqs, state, ks, device, run_dir,
+                   experiment)
+    except Diverged as error:
+        finish_comet(experiment, run_dir)
+        raise TrainingError(diverged_message(error, run_dir, state)) from None
+
+    best = state["best"]
+    checkpoint = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    net.load_state_dict(checkpoint["model"])
+    test = evaluate(net, split.test, ks, split.n_items, device, args.score)
+    print(summary_line(f"test (epoch {best['epoch']})", test))
+
+    results = {"model": MODEL_NAME, "folder": FOLDER.name, "protocol": "B",
+               "holdout": args.holdout, "test": test, "validation": best["validation"],
+               "best_epoch": best["epoch"], "selected": {},
+               "wall_seconds": round(time.time() - started, 2),
+               "peak_memory_mb": round(peak_memory_mb(), 1), "seed": args.seed,
+               "data_sha256": ratings.sha256, "device": str(device)}
+    write_json(run_dir / "results.json", results)
+    if experiment is not None:
+        experiment.log_metrics(test, prefix="test")
+        experiment.log_metric("wall_seconds", results["wall_seconds"])
+        experiment.log_metric("best_epoch", best["epoch"])
+    finish_comet(experiment, run_dir)
+    print(f"results written to {run_dir / 'results.json'}")
+    return results
+
+
+def train_loop(args, net, optimizer, split, train_seqs, state, ks, device, run_dir,
+               experiment):
+    """Epochs from state['epoch'] + 1 on, evaluating every --eval-every and at the end."""
+    if state["best"] is not None and state["bad_evals"] >= args.patience:
+        return
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        epoch_started = time.time()
+        (loss, nll, kl), state["step"], beta = train_epoch(net, optimizer, train_seqs, epoch,
+                                                state["step"], args, split.n_items, device)
+        train_seconds = time.time() - epoch_started
+        state["epoch"] = epoch
+        if experiment is not None:
+            experiment.log_metrics({"train_loss": loss, "train_nll": nll, "train_kl": kl},
+                                   step=epoch)
+            experiment.log_metric("beta", beta, step=epoch)
+            experiment.log_metric("epoch_train_seconds", train_seconds, step=epoch)
+        if epoch % args.eval_every and epoch != args.epochs:
+            continue
+        validation = evaluate(net, split.validation, ks, split.n_items, device, args.score)
+        if experiment is not None:
+            experiment.log_metrics(validation, prefix="val", step=epoch)
+        tqdm.write(summary_line(f"epoch {epoch} loss {loss:.3f} (nll {nll:.3f}, kl {kl:.2f}, "
+                                f"beta {beta:.3f}) train {train_seconds:.1f}s validation",
+                                validation))
+        line = {"epoch": epoch, "train_loss": loss, "train_nll": nll, "train_kl": kl,
+                "beta": beta, "train_seconds": round(train_seconds, 2),
+                "validation": validation}
+        if record_evaluation(run_dir, net, optimizer, state, line, split.item_ids,
+                             args.patience):
+            tqdm.write(f"early stop: no better validation {SELECTION_METRIC} in "
+                       f"{args.patience} evaluations")
+            return
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (data.DataError, TrainingError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

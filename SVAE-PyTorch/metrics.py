@@ -1,0 +1,57 @@
+"""Top-N ranking metrics of DESIGN.md section 4: Precision, Recall and NDCG at K.
+
+Identical in every top-N folder (tests/test_consistency.py checks it). Items are ranked
+by score, highest first, ties broken by the lower item index; fold-in items are masked
+to -inf first. Only users with at least one target count in the averages.
+"""
+import numpy as np
+
+DEFAULT_KS = (10, 20, 50, 100)
+
+
+def top_k_items(scores, fold_in, k):
+    """Indices of each row's k best items after masking fold-in items to -inf.
+
+    scores: dense (users x items) array; fold_in: scipy sparse matrix of the same shape.
+    """
+    masked = np.array(scores, dtype=np.float64, copy=True)
+    rows, cols = fold_in.nonzero()
+    masked[rows, cols] = -np.inf
+    k = min(k, masked.shape[1])
+    return np.argsort(-masked, axis=1, kind="stable")[:, :k]
+
+
+def per_user_metrics(scores, fold_in, target, ks=DEFAULT_KS):
+    """Per-user metric arrays, name -> values, over the rows that have at least one target."""
+    n_targets = np.asarray(target.sum(axis=1)).ravel()
+    has_target = n_targets > 0
+    top = top_k_items(scores[has_target], fold_in[has_target], max(ks))
+    target_dense = target[has_target].toarray() > 0
+    hits = np.take_along_axis(target_dense, top, axis=1)
+    n_targets = n_targets[has_target]
+    discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
+    result = {}
+    for k in ks:
+        hits_k = hits[:, :k].sum(axis=1)
+        ideal = np.minimum(k, n_targets).astype(int)
+        dcg = (hits[:, :k] * discounts[:k]).sum(axis=1)
+        idcg = np.cumsum(discounts)[np.minimum(ideal, len(discounts)) - 1]
+        result[f"precision@{k}"] = hits_k / k
+        result[f"recall@{k}"] = hits_k / np.minimum(k, n_targets)
+        result[f"ndcg@{k}"] = dcg / idcg
+    return result
+
+
+def average(per_user_batches):
+    """Mean of each metric over all users of a list of per_user_metrics results."""
+    names = per_user_batches[0].keys()
+    merged = {name: np.concatenate([batch[name] for batch in per_user_batches])
+              for name in names}
+    summary = {name: float(values.mean()) for name, values in merged.items()}
+    summary["n_users"] = len(next(iter(merged.values())))
+    return summary
+
+
+def ranking_metrics(scores, fold_in, target, ks=DEFAULT_KS):
+    """Averaged metrics for one dense score matrix: the simple, single-batch entry point."""
+    return average([per_user_metrics(scores, fold_in, target, ks)])

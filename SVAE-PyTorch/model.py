@@ -1,0 +1,137 @@
+"""SVAE, the sequential variational autoencoder of Sachdeva, Manco, Ritacco and Pudi
+(WSDM 2019), in PyTorch.
+
+Per time step t of a user's item sequence: item embedding -> GRU -> encoder MLP ->
+mean and log-variance of a Gaussian latent z_t -> decoder MLP -> logits over all items.
+The step's loss is the multinomial negative log-likelihood of the next k items plus
+beta times KL(N(mu, exp(logvar)) || N(0, I)); a user's loss is the mean over their steps,
+a batch's loss the mean over its users, so padding never counts.
+
+Long histories use truncated back-propagation through time: the GRU runs over chunks of
+`bptt` steps, carrying its hidden state forward but cutting the gradient between chunks;
+each chunk's loss is back-propagated at once, so memory grows with the chunk, not with
+the history. Steps whose target weights are all zero (padding, the last real step, or
+steps left out of the loss by the caller) cost no softmax.
+"""
+import torch
+from torch import nn
+
+
+class SVAE(nn.Module):
+    def __init__(self, n_items, embed_dim=256, rnn_dim=200, hidden_dim=150, latent_dim=64,
+                 dropout=0.0):
+        super().__init__()
+        self.n_items = n_items
+        self.pad = n_items  # the padding index, one row past the real items
+        self.embed = nn.Embedding(n_items + 1, embed_dim, padding_idx=self.pad)
+        self.gru = nn.GRU(embed_dim, rnn_dim, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Sequential(nn.Linear(rnn_dim, hidden_dim), nn.Tanh(),
+                                     nn.Linear(hidden_dim, 2 * latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.Tanh(),
+                                     nn.Linear(hidden_dim, n_items))
+        for layer in (*self.encoder, *self.decoder):
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def run_gru(self, items, state=None):
+        """GRU outputs (batch x steps x rnn_dim) and final state for padded item ids."""
+        return self.gru(self.drop(self.embed(items)), state)
+
+    def latent(self, hidden, sample=True, generator=None):
+        """z, mu and logvar for GRU outputs; z = mu unless sampling (training)."""
+        mu, logvar = self.encoder(self.drop(hidden)).chunk(2, dim=-1)
+        if not sample:
+            return mu, mu, logvar
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + noise * torch.exp(0.5 * logvar), mu, logvar
+
+    def forward(self, hidden, sample=True, generator=None):
+        """Logits over all items, mu and logvar for a (flat) batch of GRU outputs."""
+        z, mu, logvar = self.latent(hidden, sample, generator)
+        return self.decoder(z), mu, logvar
+
+
+def kl_divergence(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, summed over latent dimensions."""
+    return 0.5 * (torch.exp(logvar) + mu * mu - 1.0 - logvar).sum(dim=-1)
+
+
+def step_losses(model, hidden, targets, weights, sample=True, generator=None):
+    """Negative log-likelihood of each step's next items, and each step's KL term.
+
+    hidden: (steps x rnn_dim) GRU outputs; targets: (steps x k) item ids; weights: 1.0
+    where a target is real, 0.0 where the sequence ended before it.
+    """
+    logits, mu, logvar = model(hidden, sample, generator)
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    log_probs = logits.gather(1, targets) - log_norm
+    return -(log_probs * weights).sum(dim=-1), kl_divergence(mu, logvar)
+
+
+def batch_loss(model, items, targets, weights, n_steps, beta, bptt, sample=True,
+               generator=None, backward=False):
+    """Mean over users of each user's mean step loss, chunk by chunk (truncated BPTT).
+
+    items: (users x T) padded item ids; targets, weights: (users x T x k); n_steps: number
+    of steps with at least one target per user (> 0). With backward=True each chunk's share
+    of the loss is back-propagated as soon as it is computed. Returns the loss (float) and
+    its two parts (mean NLL and mean KL, floats).
+    """
+    n_users, length = items.shape
+    share = 1.0 / (n_steps.to(torch.float32) * n_users)  # each step's weight in the mean
+    state, totals = None, torch.zeros(3, device=items.device)
+    for start in range(0, length, bptt):
+        stop = min(start + bptt, length)
+        output, state = model.run_gru(items[:, start:stop], state)
+        state = state.detach()
+        has_target = weights[:, start:stop, 0] > 0
+        if not has_target.any():
+            continue
+        rows = has_target.nonzero(as_tuple=True)[0]
+        nll, kl = step_losses(model, output[has_target], targets[:, start:stop][has_target],
+                              weights[:, start:stop][has_target], sample, generator)
+        step_share = share[rows]
+        nll_part, kl_part = (nll * step_share).sum(), (kl * step_share).sum()
+        loss = nll_part + beta * kl_part
+        if backward:
+            loss.backward()
+        totals += torch.stack([loss.detach(), nll_part.detach(), kl_part.detach()])
+    return tuple(float(v) for v in totals.cpu())
+
+
+@torch.no_grad()
+def last_step_scores(model, items, lengths):
+    """Logits of the last real step of each padded sequence (the latent mean, no sampling).
+
+    A user with an empty sequence gets the scores of a zero GRU state.
+    """
+    output, _ = model.run_gru(items)
+    last = (lengths - 1).clamp(min=0)
+    hidden = output[torch.arange(len(lengths), device=items.device), last]
+    hidden = torch.where((lengths > 0)[:, None], hidden, torch.zeros_like(hidden))
+    logits, _, _ = model(hidden, sample=False)
+    return logits
+
+
+@torch.no_grad()
+def mean_step_scores(model, items, lengths, max_rows=8192):
+    """Log of the mean next-item distribution over every real step of each sequence.
+
+    An alternative to last_step_scores for targets spread over the whole history (the
+    random hold-out). Steps are decoded max_rows at a time; empty sequences score as a zero
+    GRU state does.
+    """
+    output, _ = model.run_gru(items)
+    real = torch.arange(items.shape[1], device=items.device)[None, :] < lengths[:, None]
+    rows = real.nonzero(as_tuple=True)[0]
+    hidden = output[real]
+    totals = torch.zeros(len(lengths), model.n_items, device=items.device)
+    for start in range(0, len(rows), max_rows):
+        logits, _, _ = model(hidden[start:start + max_rows], sample=False)
+        totals.index_add_(0, rows[start:start + max_rows], torch.softmax(logits, dim=-1))
+    empty = lengths == 0
+    if empty.any():
+        totals[empty] = torch.softmax(last_step_scores(model, items[empty], lengths[empty]), -1)
+    return torch.log(totals / lengths.clamp(min=1)[:, None].to(totals.dtype))
