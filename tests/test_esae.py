@@ -95,9 +95,11 @@ def test_bad_flags_give_argparse_errors(flag):
 
 
 def test_missing_data_without_download_is_one_clear_error(tmp_path):
-    done = run_main(FOLDER, "--data-dir", tmp_path / "empty", "--no-download", "--comet", "off")
+    done = run_main(FOLDER, "--data-dir", tmp_path / "empty", "--no-download", "--comet", "off",
+                    "--out-dir", tmp_path / "run")
     assert done.returncode != 0
     assert "ratings.dat not found" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 def test_malformed_file_is_one_clear_error(tmp_path):
