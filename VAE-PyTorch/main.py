@@ -360,15 +360,16 @@ def run(args):
         args = resumed_args(args)
     device = pick_device(args.device)
     ks = sorted(set(args.ks) | {100})
-    run_dir = make_run_dir(args.out_dir)
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
                                             quiet=args.quiet)
     ratings = data.load_ratings(ratings_path)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
+    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
     model_name = MODEL_NAMES[args.variant]
     anneal = anneal_settings(args, split.train.shape[0])
-    config = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    config = {**{k: str(v.resolve()) if isinstance(v, Path) else v
+                 for k, v in vars(args).items()},
               "model": model_name, "device": str(device), "anneal_cap_used": anneal[0],
               "total_anneal_steps_used": anneal[1],
               "n_train_users": len(split.train_user_ids), "n_items": split.n_items,

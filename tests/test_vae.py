@@ -273,6 +273,7 @@ def test_missing_data_is_one_clear_error(tmp_path):
                     "--out-dir", tmp_path / "run", "--comet", "off")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "ratings.dat not found" in done.stderr
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ratings.dat").is_file(),
