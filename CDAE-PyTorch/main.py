@@ -16,7 +16,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
