@@ -365,13 +365,14 @@ def run(args):
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
     ks = sorted(set(args.ks) | {100})
-    run_dir = make_run_dir(args.out_dir)
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
                                             quiet=args.quiet)
     ratings = data.load_ratings(ratings_path)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
-    config = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
+    config = {**{k: str(v.resolve()) if isinstance(v, Path) else v
+                 for k, v in vars(args).items()},
               "model": model_name(args), "device_used": str(device),
               "n_train_users": len(split.train_user_ids), "n_items": split.n_items,
               "data_sha256": ratings.sha256}

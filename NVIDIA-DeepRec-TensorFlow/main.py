@@ -413,15 +413,16 @@ def diverged_message(loss, epoch, state):
 
 def run(args):
     started = time.time()
-    run_dir = make_run_dir(args.out_dir)
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
                                             quiet=args.quiet)
     ratings = data.load_ratings(ratings_path)
     split = data.split_ratings(ratings, seed=args.seed)
+    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
     load_tensorflow()
     device = pick_device(args.device)
     tf.config.experimental.enable_op_determinism()
-    config = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    config = {"args": {k: str(v.resolve()) if isinstance(v, Path) else v
+                        for k, v in vars(args).items()},
               "model": MODEL_NAME, "device": device, "n_users": len(split.user_ids),
               "n_items": len(split.item_ids), "n_train": int(split.train.nnz),
               "n_validation": len(split.validation), "n_test": len(split.test),

@@ -118,6 +118,14 @@ def test_bad_flags_are_argparse_errors(flag, value):
     assert f"argument {flag}" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_missing_data_is_one_clear_error_and_leaves_no_run_folder(tmp_path):
+    done = run_main(FOLDER, "--data-dir", tmp_path / "empty", "--no-download",
+                    "--out-dir", tmp_path / "run", "--comet", "off")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "ratings.dat not found" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "ratings.dat").is_file(),
                     reason=f"real MovieLens-1M not found at {SHARED_DATA}")
 def test_real_data_smoke(tmp_path):

@@ -244,6 +244,7 @@ def test_missing_data_without_download_is_one_clear_error(tmp_path):
     assert done.returncode != 0
     assert "error:" in done.stderr and "--no-download" in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ratings.dat").is_file(),
