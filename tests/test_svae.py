@@ -214,7 +214,7 @@ def test_main_learns_sequences_with_offline_comet(modules, sequence_file, tmp_pa
     assert results["holdout"] == "temporal" and 1 <= results["best_epoch"] <= 8
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == list(range(1, 9))
-    assert lines[-1]["beta"] == pytest.approx(0.2)  # annealing reached its cap
+    assert lines[-1]["beta"] == pytest.approx(0.05)  # reached the temporal default cap
     assert max(line["validation"]["ndcg@100"] for line in lines) == \
         results["validation"]["ndcg@100"]
     for name in ("config.json", "best.pt", "last.pt"):
@@ -226,7 +226,7 @@ def test_main_learns_sequences_with_offline_comet(modules, sequence_file, tmp_pa
 
 def test_resume_ends_like_an_uninterrupted_run(sequence_file, tmp_path):
     common = ["--data-dir", sequence_file.parent, "--heldout-users", "100", "--seed", "7",
-              *SMALL, "--dropout", "0.1", "--comet", "off", "--quiet"]
+              *SMALL, "--dropout", "0.1", "--lr-decay", "0.5", "--comet", "off", "--quiet"]
     whole = run_main(FOLDER, "--out-dir", tmp_path / "whole", "--epochs", "3", *common)
     assert whole.returncode == 0, whole.stderr
     first = run_main(FOLDER, "--out-dir", tmp_path / "parts", "--epochs", "2", *common)
@@ -240,10 +240,14 @@ def test_resume_ends_like_an_uninterrupted_run(sequence_file, tmp_path):
         results = json.loads((tmp_path / name / "results.json").read_text())
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         return (results["test"], results["best_epoch"],
-                [(line["epoch"], line["train_loss"], line["validation"])
+                [(line["epoch"], line["lr"], line["train_loss"], line["validation"])
                  for line in map(json.loads, lines)])
 
     assert outcome("parts") == outcome("whole")
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["holdout"] == "random" and config["anneal_cap"] == 1.0  # its own default
+    assert [lr for _, lr, _, _ in outcome("whole")[2]] == pytest.approx([0.003, 0.0015,
+                                                                         0.00075])
 
 
 NAN_AFTER_FIRST_CHECKPOINT = """
@@ -279,7 +283,8 @@ def test_nan_loss_stops_with_one_message_and_keeps_best_checkpoint(sequence_file
 
 
 @pytest.mark.parametrize("flag", [["--next-k", "0"], ["--dropout", "1.5"], ["--bptt", "0"],
-                                  ["--anneal-cap", "-0.1"], ["--device", "tpu"]])
+                                  ["--anneal-cap", "-0.1"], ["--lr-decay", "0"],
+                                  ["--lr-decay", "1.5"], ["--device", "tpu"]])
 def test_bad_flags_give_argparse_errors(flag):
     done = run_main(FOLDER, *flag)
     assert done.returncode == 2
