@@ -33,7 +33,9 @@ DEFAULT_DROPOUT = 0.8
 DEFAULT_OPTIMIZER = "adam"
 DEFAULT_WEIGHT_DECAY = 0.0
 DEFAULT_CLIP_NORM = 1.0
-DEFAULT_LR_DECAY = 1.0
+DEFAULT_LR = 3e-4
+DEFAULT_LR_DECAY = 0.95
+DEFAULT_EPOCHS = 50
 
 
 @contextlib.contextmanager
@@ -171,11 +173,11 @@ def parse_args(argv=None):
                              "(default: %(default)s)")
     parser.add_argument("--no-refeed", dest="refeed", action="store_false",
                         help="skip dense re-feeding (the second update on f(x))")
-    parser.add_argument("--epochs", type=positive_int, default=30,
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
                         help="maximum number of epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=128,
                         help="rows (users or movies) per batch (default: %(default)s)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3,
+    parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
                         help="learning rate of the first epoch (default: %(default)s)")
     parser.add_argument("--lr-decay", type=decay_factor, default=DEFAULT_LR_DECAY,
                         help="the learning rate is multiplied by this after each epoch "
