@@ -456,13 +456,13 @@ def run(args):
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     ks = sorted(set(args.ks) | {100})
-    run_dir = make_run_dir(args.out_dir)
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
                                             quiet=args.quiet)
     ratings = data.load_ratings(ratings_path)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     train_seqs = [seq for seq in split.train_seqs if len(seq) >= 2]  # >= 1 step with a target
+    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
     config = {**{k: str(v.resolve()) if isinstance(v, Path) else v  # resumable from any cwd
                  for k, v in vars(args).items()},
               "model": MODEL_NAME, "device": str(device),

@@ -303,6 +303,7 @@ def test_missing_data_without_download_is_one_clear_error(tmp_path):
                     "--no-download", "--comet", "off")
     assert done.returncode != 0
     assert "ratings.dat not found" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ratings.dat").is_file(),
