@@ -1,245 +1,26 @@
-"""AutoRec-TensorFlow: Protocol A split and metric, learning, leakage, resume, NaN guard, CLI.
-
-Training in-process uses the folder's model.py through load_module; main.py always runs in
-a subprocess (it imports its siblings by plain name).
+"""AutoRec-TensorFlow: learning planted ratings, bad flags. The tests it shares with
+DeepRec (split, metric, leakage, resume, NaN guard, end to end) are in test_rating_models.py.
 """
-import json
-import os
-import zipfile
-
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from conftest import SHARED_DATA, load_module, planted_rating_rows, run_main, write_ratings
+from conftest import run_main
+from rating_folders import AutoRecFolder, global_mean_rmse
 
-FOLDER = "AutoRec-TensorFlow"
-SMALL = ("--hidden", "40", "--batch-size", "16", "--lr", "0.01", "--lam", "10")
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+AUTOREC = AutoRecFolder()
 
 
-@pytest.fixture(scope="module")
-def modules():
-    return (load_module(FOLDER, "data"), load_module(FOLDER, "metrics"),
-            load_module(FOLDER, "model"))
-
-
-def global_mean_rmse(split, pairs):
-    return float(np.sqrt(np.mean((split.train.data.mean() - pairs.ratings) ** 2)))
-
-
-def train_in_process(modules, path, epochs=40, seed=3):
-    """Train a small I-AutoRec on the file; its predictions on validation and test pairs."""
-    data, metrics, model = modules
-    import tensorflow as tf
-    split = data.split_ratings(data.load_ratings(path), seed=seed)
-    inputs = tf.constant(split.train.T.toarray(), tf.float32)
-    network = model.AutoRec(inputs.shape[1], 40, seed=seed)
-    trainer = model.Trainer(network, inputs, lam=10.0, lr=0.01)
-    for epoch in range(1, epochs + 1):
-        trainer.train_epoch(16, seed, epoch)
-    predict = {name: model.predict_pairs(network, inputs, pairs.items, pairs.users)
-               for name, pairs in (("validation", split.validation), ("test", split.test))}
-    return split, predict
-
-
-# ---------------------------------------------------------------- split and metric
-
-
-def test_split_follows_protocol_a(tmp_path, modules):
-    data = modules[0]
-    users = np.repeat(np.arange(1, 11), 5)
-    items = np.tile(np.arange(1, 6), 10) + 10 * (users % 2)
-    ratings = (users + items) % 5 + 1
-    split = data.split_ratings(data.load_ratings(
-        write_ratings(tmp_path / "ratings.dat", users, items, ratings)), seed=7)
-    n = len(users)
-    perm = np.random.RandomState(7).permutation(n)
-    n_test, n_val = round(0.1 * n), round(0.1 * (n - round(0.1 * n)))
-    assert (len(split.test), len(split.validation)) == (5, 4) == (n_test, n_val)
-    user_ids, item_ids = np.unique(users), np.unique(items)
-    np.testing.assert_array_equal(split.user_ids, user_ids)
-    np.testing.assert_array_equal(split.item_ids, item_ids)
-    np.testing.assert_array_equal(user_ids[split.test.users], users[perm[:n_test]])
-    np.testing.assert_array_equal(item_ids[split.test.items], items[perm[:n_test]])
-    np.testing.assert_array_equal(split.test.ratings, ratings[perm[:n_test]])
-    np.testing.assert_array_equal(user_ids[split.validation.users],
-                                  users[perm[n_test:n_test + n_val]])
-    train = perm[n_test + n_val:]
-    expected = np.zeros((10, len(item_ids)))
-    expected[users[train] - 1, np.searchsorted(item_ids, items[train])] = ratings[train]
-    np.testing.assert_array_equal(split.train.toarray(), expected)
-
-
-def test_duplicate_pair_is_refused_with_its_line(tmp_path, modules):
-    data = modules[0]
-    path = write_ratings(tmp_path / "ratings.dat", [1, 2, 1], [5, 5, 5], [3, 4, 2])
-    with pytest.raises(data.DataError, match=r"line 3: user 1 rated movie 5 already on line 1"):
-        data.split_ratings(data.load_ratings(path))
-
-
-def test_rmse_hand_worked_with_clipping_and_cold_start(modules):
-    metrics = modules[1]
-    # users 0..2, items 0..2; user 2 and item 2 have no training rating
-    train = sp.csr_matrix(np.array([[4, 0, 0], [0, 2, 0], [0, 0, 0]], dtype=np.float32))
-    users, items = np.array([0, 1, 1, 2, 0]), np.array([1, 0, 2, 0, 0])
-    predictions = np.array([0.5, 6.0, 4.0, 1.0, 2.5])
-    ratings = np.array([1.0, 5.0, 2.0, 4.0, 3.0])
-    final = metrics.final_predictions(predictions, users, items, train)
-    np.testing.assert_array_equal(final, [1.0, 5.0, 3.0, 3.0, 2.5])
-    # errors 0, 0, 1, -1, -0.5 -> sqrt(2.25 / 5)
-    pairs = type("Pairs", (), {"users": users, "items": items, "ratings": ratings})
-    result = metrics.rating_metrics(predictions, pairs, train)
-    assert result == {"rmse": pytest.approx(np.sqrt(2.25 / 5), abs=1e-12), "n_ratings": 5}
-    assert metrics.rmse([7.0, -3.0], [5.0, 1.0]) == 0.0
-
-
-def test_user_and_movie_seen_only_in_test_rows_get_3(tmp_path, modules):
-    data, metrics = modules[:2]
-    users, items, ratings, _ = planted_rating_rows(n_users=60, n_items=40, seed=1)
-    n = len(users) + 2
-    test_rows = np.random.RandomState(0).permutation(n)[:2]  # the first two test rows:
-    rest = np.setdiff1d(np.arange(n), test_rows)             # user 999's only rating and
-    columns = []                                             # movie 888's only rating
-    for values, special in ((users, [999, 1]), (items, [1, 888]), (ratings, [5, 5])):
-        column = np.empty(n, dtype=np.int64)
-        column[rest], column[test_rows] = values, special
-        columns.append(column)
-    users, items, ratings = columns
-    split = data.split_ratings(data.load_ratings(
-        write_ratings(tmp_path / "ratings.dat", users, items, ratings)), seed=0)
-    user_row = np.flatnonzero(split.user_ids == 999)[0]
-    item_col = np.flatnonzero(split.item_ids == 888)[0]
-    assert split.train[user_row].nnz == 0 and split.train[:, item_col].nnz == 0
-    pairs = split.test
-    assert pairs.users[0] == user_row
-    final = metrics.final_predictions(np.full(len(pairs), 4.4), pairs.users, pairs.items,
-                                      split.train)
-    cold = (pairs.users == user_row) | (pairs.items == item_col)
-    assert final[cold].tolist() == [3.0] * cold.sum() and cold.sum() >= 1
-    assert (final[~cold] == 4.4).all()
-
-
-# ---------------------------------------------------------------- learning and leakage
-
-
-def test_learns_planted_low_rank_ratings(rating_file, modules):
-    split, predict = train_in_process(modules, rating_file)
-    metrics = modules[1]
+def test_learns_planted_low_rank_ratings(rating_file):
+    split, predict = AUTOREC.train(rating_file, epochs=40)
+    metrics = AUTOREC.modules[1]
     test_rmse = metrics.rating_metrics(predict["test"], split.test, split.train)["rmse"]
     assert test_rmse < 0.7 * global_mean_rmse(split, split.test)  # about 0.42 vs 0.86
-
-
-def test_changing_test_ratings_changes_no_prediction(tmp_path, rating_file, modules):
-    data = modules[0]
-    users, items, ratings, times = planted_rating_rows()
-    n = len(users)
-    test_rows = np.random.RandomState(3).permutation(n)[:round(0.1 * n)]
-    changed = ratings.copy()
-    changed[test_rows] = 6 - changed[test_rows]
-    assert (changed != ratings).any()
-    other = write_ratings(tmp_path / "changed" / "ratings.dat", users, items, changed, times)
-    split_a, predict_a = train_in_process(modules, rating_file, epochs=3)
-    split_b, predict_b = train_in_process(modules, other, epochs=3)
-    assert not np.array_equal(split_a.test.ratings, split_b.test.ratings)
-    assert (split_a.train != split_b.train).nnz == 0
-    for name in ("validation", "test"):
-        np.testing.assert_array_equal(predict_a[name], predict_b[name])
-
-
-# ---------------------------------------------------------------- main.py
-
-
-def results_of(run_dir):
-    return json.loads((run_dir / "results.json").read_text())
-
-
-def history_of(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_main_end_to_end_with_offline_comet(tmp_path, rating_file):
-    run_dir = tmp_path / "run"
-    done = run_main(FOLDER, "--data-dir", rating_file.parent, "--out-dir", run_dir,
-                    "--epochs", "12", "--comet", "offline", "--quiet", "--no-download", *SMALL)
-    assert done.returncode == 0, done.stderr
-    results = results_of(run_dir)
-    assert results["protocol"] == "A" and results["folder"] == FOLDER
-    assert set(results) >= {"model", "test", "validation", "best_epoch", "selected",
-                            "wall_seconds", "peak_memory_mb", "seed", "data_sha256", "device"}
-    history = history_of(run_dir)
-    assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
-    assert results["best_epoch"] in [r["epoch"] for r in history]
-    assert (run_dir / "config.json").is_file()
-    assert list((run_dir / "checkpoints" / "best").glob("ckpt-*.index"))
-    archives = list(run_dir.glob("*.zip"))
-    assert len(archives) == 1
-    with zipfile.ZipFile(archives[0]) as archive:
-        logged = "".join(archive.read(name).decode("utf-8", "replace")
-                         for name in archive.namelist() if name.endswith(".json"))
-    assert "test_rmse" in logged and "val_rmse" in logged and "train_loss" in logged
-    assert "Could not find cuda" not in done.stderr and "I0000" not in done.stderr
-
-
-def test_resume_gives_the_uninterrupted_result(tmp_path, rating_file):
-    common = ("--data-dir", rating_file.parent, "--epochs", "5", "--comet", "off", "--quiet",
-              *SMALL)
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert run_main(FOLDER, "--out-dir", whole, *common).returncode == 0
-    first = run_main(FOLDER, "--out-dir", parts, "--stop-after", "2", *common)
-    assert first.returncode == 0, first.stderr
-    assert not (parts / "results.json").exists()
-    second = run_main(FOLDER, "--resume", parts, "--comet", "off", "--quiet")
-    assert second.returncode == 0, second.stderr
-    a, b = results_of(whole), results_of(parts)
-    assert (a["test"], a["validation"], a["best_epoch"]) == \
-        (b["test"], b["validation"], b["best_epoch"])
-    assert history_of(whole) == history_of(parts)
-
-
-def test_nan_loss_stops_with_message_and_keeps_best_checkpoint(tmp_path, rating_file):
-    run_dir = tmp_path / "run"
-    first = run_main(FOLDER, "--data-dir", rating_file.parent, "--out-dir", run_dir,
-                     "--epochs", "6", "--stop-after", "2", "--comet", "off", "--quiet", *SMALL)
-    assert first.returncode == 0, first.stderr
-    best = {p.name: p.read_bytes() for p in (run_dir / "checkpoints" / "best").iterdir()}
-    config = json.loads((run_dir / "config.json").read_text())
-    config["args"]["lr"] = 1e30  # a diverging learning rate from here on
-    (run_dir / "config.json").write_text(json.dumps(config))
-    done = run_main(FOLDER, "--resume", run_dir, "--comet", "off", "--quiet")
-    assert done.returncode != 0
-    assert "error: training loss became" in done.stderr and "at epoch 3" in done.stderr
-    assert "best checkpoint (epoch" in done.stderr and "Traceback" not in done.stderr
-    assert best == {p.name: p.read_bytes() for p in (run_dir / "checkpoints" / "best").iterdir()}
-    assert not (run_dir / "results.json").exists()
 
 
 @pytest.mark.parametrize("flags", [("--epochs", "0"), ("--lr", "-1"), ("--lam", "nan"),
                                    ("--variant", "both"), ("--batch-size", "x"),
                                    ("--device", "tpu"), ("--resume", "/nonexistent/run")])
 def test_bad_flags_give_argparse_errors(flags):
-    done = run_main(FOLDER, *flags)
+    done = run_main(AUTOREC.name, *flags)
     assert done.returncode == 2
     assert "usage:" in done.stderr and "Traceback" not in done.stderr
-
-
-def test_missing_data_without_download_is_one_clear_error(tmp_path):
-    done = run_main(FOLDER, "--data-dir", tmp_path / "empty", "--no-download", "--comet", "off",
-                    "--out-dir", tmp_path / "run")
-    assert done.returncode != 0
-    assert "error:" in done.stderr and "--no-download" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "run").exists()  # no empty run folder left behind
-
-
-@pytest.mark.skipif(not (SHARED_DATA / "ratings.dat").is_file(),
-                    reason=f"real MovieLens-1M not found at {SHARED_DATA}")
-def test_real_data_smoke(tmp_path):
-    run_dir = tmp_path / "run"
-    done = run_main(FOLDER, "--data-dir", SHARED_DATA, "--out-dir", run_dir, "--epochs", "1",
-                    "--comet", "off", "--quiet", "--no-download")
-    assert done.returncode == 0, done.stderr
-    results = results_of(run_dir)
-    assert results["test"]["n_ratings"] == 100021 and results["validation"]["n_ratings"] == 90019
-    assert 0.8 < results["test"]["rmse"] < 1.2
