@@ -31,11 +31,12 @@ DEFAULT_SEED = 1994
 DEFAULT_HIDDEN = "512,512,1024"
 DEFAULT_DROPOUT = 0.8
 DEFAULT_OPTIMIZER = "adam"
-DEFAULT_WEIGHT_DECAY = 0.0
+DEFAULT_WEIGHT_DECAY = 5e-4
 DEFAULT_CLIP_NORM = 1.0
 DEFAULT_LR = 3e-4
 DEFAULT_LR_DECAY = 0.95
 DEFAULT_EPOCHS = 50
+DEFAULT_PATIENCE = 10
 
 
 @contextlib.contextmanager
@@ -182,7 +183,7 @@ def parse_args(argv=None):
     parser.add_argument("--lr-decay", type=decay_factor, default=DEFAULT_LR_DECAY,
                         help="the learning rate is multiplied by this after each epoch "
                              "(default: %(default)s)")
-    parser.add_argument("--patience", type=positive_int, default=5,
+    parser.add_argument("--patience", type=positive_int, default=DEFAULT_PATIENCE,
                         help="stop after this many evaluations without a better "
                              "validation RMSE (default: %(default)s)")
     parser.add_argument("--eval-every", type=positive_int, default=1,

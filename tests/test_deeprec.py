@@ -1,6 +1,7 @@
 """NVIDIA-DeepRec-TensorFlow: learning planted ratings (with and without dense re-feeding),
-dropout in training only, bad flags. The tests it shares with AutoRec (split, metric,
-leakage, resume, NaN guard, end to end) are in test_rating_models.py.
+dropout in training only, the weight-decay step, bad flags. The tests it shares with
+AutoRec (split, metric, leakage, resume, NaN guard, end to end) are in
+test_rating_models.py.
 """
 import numpy as np
 import pytest
@@ -28,6 +29,27 @@ def test_dropout_is_active_in_training_only():
     seed = tf.constant([1, 2], tf.int64)
     np.testing.assert_array_equal(network(rows, seed).numpy(), network(rows, seed).numpy())
     assert not np.allclose(network(rows, seed).numpy(), network(rows).numpy())
+
+
+def test_weight_decay_shrinks_weights_and_spares_biases():
+    """On rows with no observed rating the masked loss is 0, so the first SGD step (momentum
+    has nothing to carry yet) follows the penalty's gradient alone: W -> (1 - lr *
+    weight_decay) W, biases unchanged."""
+    model = DEEPREC.modules[2]
+    import tensorflow as tf
+    network = model.DeepAutoEncoder(30, (16, 8), dropout=0.5, seed=0)
+    for b in network.biases:
+        b.assign(tf.fill(b.shape, 0.25))  # non-zero, so a penalty on them would show
+    biases = [b.numpy() for b in network.biases]
+    weights = [w.numpy() for w in network.weights]
+    lr, weight_decay = 0.1, 0.5
+    trainer = model.Trainer(network, tf.zeros([4, 30]), "momentum", lr, weight_decay,
+                            refeed=False)
+    trainer.step(tf.constant([0, 1, 2, 3], tf.int64), tf.constant([1, 2], tf.int64))
+    for before, after in zip(weights, network.weights):
+        np.testing.assert_allclose(after.numpy(), (1 - lr * weight_decay) * before, rtol=1e-5)
+    for before, after in zip(biases, network.biases):
+        np.testing.assert_array_equal(after.numpy(), before)
 
 
 @pytest.mark.parametrize("flags", [("--epochs", "0"), ("--lr", "-1"), ("--dropout", "1"),
