@@ -130,7 +130,8 @@ def history_of(run_dir):
 def test_main_end_to_end_with_offline_comet(tmp_path, rating_file, rating_folder):
     run_dir = tmp_path / "run"
     done = run_main(rating_folder.name, "--data-dir", rating_file.parent, "--out-dir", run_dir,
-                    "--epochs", "12", "--comet", "offline", "--quiet", "--no-download", *rating_folder.small)
+                    "--epochs", "12", "--comet", "offline", "--quiet", "--no-download",
+                    *rating_folder.small)
     assert done.returncode == 0, done.stderr
     results = results_of(run_dir)
     assert results["protocol"] == "A" and results["folder"] == rating_folder.name
@@ -166,10 +167,12 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, rating_file, rating_fol
     assert history_of(whole) == history_of(parts)
 
 
-def test_nan_loss_stops_with_message_and_keeps_best_checkpoint(tmp_path, rating_file, rating_folder):
+def test_nan_loss_stops_with_message_and_keeps_best_checkpoint(tmp_path, rating_file,
+                                                               rating_folder):
     run_dir = tmp_path / "run"
     first = run_main(rating_folder.name, "--data-dir", rating_file.parent, "--out-dir", run_dir,
-                     "--epochs", "6", "--stop-after", "2", "--comet", "off", "--quiet", *rating_folder.small)
+                     "--epochs", "6", "--stop-after", "2", "--comet", "off", "--quiet",
+                     *rating_folder.small)
     assert first.returncode == 0, first.stderr
     best = {p.name: p.read_bytes() for p in (run_dir / "checkpoints" / "best").iterdir()}
     config = json.loads((run_dir / "config.json").read_text())
@@ -184,8 +187,8 @@ def test_nan_loss_stops_with_message_and_keeps_best_checkpoint(tmp_path, rating_
 
 
 def test_missing_data_without_download_is_one_clear_error(tmp_path, rating_folder):
-    done = run_main(rating_folder.name, "--data-dir", tmp_path / "empty", "--no-download", "--comet", "off",
-                    "--out-dir", tmp_path / "run")
+    done = run_main(rating_folder.name, "--data-dir", tmp_path / "empty", "--no-download",
+                    "--comet", "off", "--out-dir", tmp_path / "run")
     assert done.returncode != 0
     assert "error:" in done.stderr and "--no-download" in done.stderr
     assert "Traceback" not in done.stderr
@@ -196,8 +199,8 @@ def test_missing_data_without_download_is_one_clear_error(tmp_path, rating_folde
                     reason=f"real MovieLens-1M not found at {SHARED_DATA}")
 def test_real_data_smoke(tmp_path, rating_folder):
     run_dir = tmp_path / "run"
-    done = run_main(rating_folder.name, "--data-dir", SHARED_DATA, "--out-dir", run_dir, "--epochs", "1",
-                    "--comet", "off", "--quiet", "--no-download")
+    done = run_main(rating_folder.name, "--data-dir", SHARED_DATA, "--out-dir", run_dir,
+                    "--epochs", "1", "--comet", "off", "--quiet", "--no-download")
     assert done.returncode == 0, done.stderr
     results = results_of(run_dir)
     assert results["test"]["n_ratings"] == 100021 and results["validation"]["n_ratings"] == 90019
