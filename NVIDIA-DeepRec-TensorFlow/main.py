@@ -269,6 +269,9 @@ def start_comet(mode, run_dir, hyperparameters):
     """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
     if mode == "off":
         return None
+    # Unless told otherwise, comet_ml sends its own error reports to Comet's Sentry from a
+    # random half of all processes, offline runs included (and retries noisily offline).
+    os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
     import comet_ml
     has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
     if mode == "online" and not has_key:

@@ -4,8 +4,13 @@ No model folder imports from another, so loading, splitting and metrics exist in
 copies. These tests fail on any one-line change to one copy: the shared parts must match
 byte for byte, and every copy must give the same split and the same numbers on the same input.
 (The hand-worked values themselves are checked per copy in test_data_topn.py and
-test_metrics_topn.py.)
+test_metrics_topn.py.) Also one behaviour every main.py shares: offline Comet runs send
+nothing to Comet's error tracker.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -129,3 +134,30 @@ def test_rating_metrics_are_identical(rating_file):
     results = [load_module(folder, "metrics").rating_metrics(predictions, split.test, split.train)
                for folder in RATING_FOLDERS]
     assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------- CometML
+
+COMET_PROBE = """
+import inspect, sys
+from pathlib import Path
+import main
+extra = ["probe"] * (len(inspect.signature(main.start_comet).parameters) - 3)
+experiment = main.start_comet("offline", Path(sys.argv[1]), {}, *extra)
+from comet_ml.error_tracking import api
+import sentry_sdk
+print(api.enabled_in_config(), sentry_sdk.get_client().is_active())
+experiment.end()
+"""
+
+
+@pytest.mark.parametrize("folder", ALL_FOLDERS)
+def test_offline_comet_turns_off_comets_error_reports(folder, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("COMET_API_KEY", "COMET_ERROR_TRACKING_ENABLE")}
+    done = subprocess.run([sys.executable, "-c", COMET_PROBE, str(tmp_path)],
+                          cwd=REPO / folder, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]  # tracker off in config, never started
+    assert list(tmp_path.glob("*.zip"))  # the offline archive was still written
