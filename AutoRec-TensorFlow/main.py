@@ -276,10 +276,13 @@ def network_input(split, variant):
     return tf.constant(matrix.toarray(), tf.float32)
 
 
-def evaluate(network, inputs, pairs, split, variant):
-    """RMSE of the network on pairs (data.Pairs), the training matrix as its input."""
+def evaluate(network, inputs, pairs, split, variant, predictions_csv=None):
+    """RMSE of the network on pairs (data.Pairs), the training matrix as its input;
+    with predictions_csv, also every pair's final prediction written there."""
     rows, cols = (pairs.items, pairs.users) if variant == "item" else (pairs.users, pairs.items)
     predictions = model.predict_pairs(network, inputs, rows, cols)
+    if predictions_csv is not None:
+        metrics.write_predictions(predictions_csv, pairs, predictions, split)
     return metrics.rating_metrics(predictions, pairs, split.train)
 
 
@@ -428,7 +431,8 @@ def run(args):
             finish_comet(experiment, run_dir)
             return None
         checkpoints.restore_best(state)
-        test = evaluate(network, inputs, split.test, split, args.variant)
+        test = evaluate(network, inputs, split.test, split, args.variant,
+                        run_dir / "test_predictions.csv")
     best = state["best"]
     print(f"test RMSE {test['rmse']:.4f} (best epoch {best['epoch']}, validation RMSE "
           f"{best['validation']['rmse']:.4f})")

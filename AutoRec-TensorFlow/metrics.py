@@ -38,3 +38,15 @@ def rating_metrics(predictions, pairs, train):
     """{"rmse", "n_ratings"} for model outputs on pairs (a data.Pairs-like object)."""
     final = final_predictions(predictions, pairs.users, pairs.items, train)
     return {"rmse": rmse(final, pairs.ratings), "n_ratings": int(len(pairs.ratings))}
+
+
+def write_predictions(path, pairs, predictions, split):
+    """CSV of every evaluated pair (user_id, movie_id, rating, prediction), in split order,
+    with the final (cold-start rule, clipped) predictions: for paired comparisons."""
+    final = final_predictions(predictions, pairs.users, pairs.items, split.train)
+    user_ids = np.asarray(split.user_ids)[pairs.users]
+    item_ids = np.asarray(split.item_ids)[pairs.items]
+    lines = ["user_id,movie_id,rating,prediction"]
+    lines += [f"{u},{i},{r:g},{p!r}" for u, i, r, p in
+              zip(user_ids.tolist(), item_ids.tolist(), pairs.ratings.tolist(), final.tolist())]
+    path.write_text("\n".join(lines) + "\n")

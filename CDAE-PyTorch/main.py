@@ -294,14 +294,19 @@ def train_epoch(net, optimiser, train, args, epoch, device):
     return total / n_batches
 
 
-def evaluate(net, fold_in_x, held_out, args, ks):
-    """Fit the held-out users' vectors on their fold-in items, then rank all items."""
+def evaluate(net, fold_in_x, held_out, args, ks, per_user_csv=None):
+    """Fit the held-out users' vectors on their fold-in items, then rank all items;
+    with per_user_csv, each user's metrics are also written there."""
     net.eval()
     negatives = args.negatives if args.loss == "sampled" else None
     vectors = model.fold_in(net, fold_in_x, args.fold_in_steps, args.fold_in_lr, args.l2,
                             negatives)
     item_scores = model.scores(net, fold_in_x, vectors).cpu().numpy()
-    return metrics.ranking_metrics(item_scores, held_out.fold_in, held_out.target, ks)
+    per_user = metrics.per_user_metrics(item_scores, held_out.fold_in, held_out.target, ks)
+    if per_user_csv is not None:
+        metrics.write_per_user(per_user_csv, held_out.user_ids, held_out.fold_in,
+                               held_out.target, per_user)
+    return metrics.average([per_user])
 
 
 def summary_line(label, values):
@@ -405,7 +410,7 @@ def run(args):
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     net.load_state_dict(best["model"])
     test_x = torch.from_numpy(split.test.fold_in.toarray()).to(device)
-    test = evaluate(net, test_x, split.test, args, ks)
+    test = evaluate(net, test_x, split.test, args, ks, run_dir / "test_per_user.csv")
     print(summary_line(f"test (epoch {state['best_epoch']})", test))
 
     results = {"model": model_name(args), "folder": FOLDER.name, "protocol": "B",

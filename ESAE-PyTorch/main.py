@@ -179,9 +179,15 @@ def finish_comet(experiment, run_dir):
 # ---------------------------------------------------------------- training
 
 
-def evaluate(weights, held_out, ks):
+def evaluate(weights, held_out, ks, per_user_csv=None):
+    """Metrics of the held-out users scored from their fold-in items; with per_user_csv,
+    each user's metrics are also written there."""
     item_scores = model.scores(weights, held_out.fold_in)
-    return metrics.ranking_metrics(item_scores, held_out.fold_in, held_out.target, ks)
+    per_user = metrics.per_user_metrics(item_scores, held_out.fold_in, held_out.target, ks)
+    if per_user_csv is not None:
+        metrics.write_per_user(per_user_csv, held_out.user_ids, held_out.fold_in,
+                               held_out.target, per_user)
+    return metrics.average([per_user])
 
 
 def summary_line(label, values):
@@ -236,7 +242,7 @@ def run(args):
     lam, weights, validation = search_lambda(gram, split, lambdas, ks, args, run_dir,
                                              experiment)
     save_checkpoint(run_dir, weights, lam, split.item_ids)
-    test = evaluate(weights, split.test, ks)
+    test = evaluate(weights, split.test, ks, run_dir / "test_per_user.csv")
     print(summary_line(f"test (lambda {lam:g})", test))
 
     results = {"model": MODEL_NAME, "folder": FOLDER.name, "protocol": "B",

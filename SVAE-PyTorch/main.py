@@ -377,10 +377,15 @@ def score_users(net, seqs, n_items, device, score="last"):
     return scores
 
 
-def evaluate(net, held_out, ks, n_items, device, score="last"):
-    """Metrics over all held-out users: whole fold-in sequence in, every fold-in item masked."""
+def evaluate(net, held_out, ks, n_items, device, score="last", per_user_csv=None):
+    """Metrics over all held-out users: whole fold-in sequence in, every fold-in item masked;
+    with per_user_csv, each user's metrics are also written there."""
     scores = score_users(net, held_out.fold_in_seqs, n_items, device, score)
-    return metrics.ranking_metrics(scores, held_out.fold_in, held_out.target, ks)
+    per_user = metrics.per_user_metrics(scores, held_out.fold_in, held_out.target, ks)
+    if per_user_csv is not None:
+        metrics.write_per_user(per_user_csv, held_out.user_ids, held_out.fold_in,
+                               held_out.target, per_user)
+    return metrics.average([per_user])
 
 
 def summary_line(label, values):
@@ -493,7 +498,8 @@ def run(args):
     best = state["best"]
     checkpoint = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     net.load_state_dict(checkpoint["model"])
-    test = evaluate(net, split.test, ks, split.n_items, device, args.score)
+    test = evaluate(net, split.test, ks, split.n_items, device, args.score,
+                    run_dir / "test_per_user.csv")
     print(summary_line(f"test (epoch {best['epoch']})", test))
 
     results = {"model": MODEL_NAME, "folder": FOLDER.name, "protocol": "B",

@@ -291,8 +291,9 @@ def train_epoch(net, optimizer, train, epoch, step, args, anneal, device):
 
 
 @torch.no_grad()
-def evaluate(net, held_out, ks, batch_size, device):
-    """Metrics over all held-out users, scored in batches from their fold-in items only."""
+def evaluate(net, held_out, ks, batch_size, device, per_user_csv=None):
+    """Metrics over all held-out users, scored in batches from their fold-in items only;
+    with per_user_csv, each user's metrics are also written there."""
     net.eval()
     per_user = []
     for start in range(0, held_out.fold_in.shape[0], batch_size):
@@ -300,6 +301,9 @@ def evaluate(net, held_out, ks, batch_size, device):
         logits, _, _ = net(model.sparse_rows(fold_in, device))
         per_user.append(metrics.per_user_metrics(
             logits.cpu().numpy(), fold_in, held_out.target[start:start + batch_size], ks))
+    if per_user_csv is not None:
+        metrics.write_per_user(per_user_csv, held_out.user_ids, held_out.fold_in,
+                               held_out.target, metrics.merge(per_user))
     return metrics.average(per_user)
 
 
@@ -405,7 +409,8 @@ def run(args):
     best = state["best"]
     checkpoint = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     net.load_state_dict(checkpoint["model"])
-    test = evaluate(net, split.test, ks, args.batch_size, device)
+    test = evaluate(net, split.test, ks, args.batch_size, device,
+                    run_dir / "test_per_user.csv")
     print(summary_line(f"test (epoch {best['epoch']}, beta {best['beta']:.3f})", test))
 
     results = {"model": model_name, "folder": FOLDER.name, "protocol": "B",

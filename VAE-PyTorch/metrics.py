@@ -42,14 +42,37 @@ def per_user_metrics(scores, fold_in, target, ks=DEFAULT_KS):
     return result
 
 
+def merge(per_user_batches):
+    """One per_user_metrics result (name -> values) from a list of them, in batch order."""
+    names = per_user_batches[0].keys()
+    return {name: np.concatenate([batch[name] for batch in per_user_batches])
+            for name in names}
+
+
 def average(per_user_batches):
     """Mean of each metric over all users of a list of per_user_metrics results."""
-    names = per_user_batches[0].keys()
-    merged = {name: np.concatenate([batch[name] for batch in per_user_batches])
-              for name in names}
+    merged = merge(per_user_batches)
     summary = {name: float(values.mean()) for name, values in merged.items()}
     summary["n_users"] = len(next(iter(merged.values())))
     return summary
+
+
+def write_per_user(path, user_ids, fold_in, target, per_user):
+    """CSV of every evaluated user's metrics, for paired comparisons between models.
+
+    Columns: user_id, n_fold_in, n_target, then each metric of per_user (the rows that
+    per_user_metrics kept: users with at least one target, in user order).
+    """
+    n_targets = np.asarray(target.sum(axis=1)).ravel()
+    kept = n_targets > 0
+    n_fold_in = np.asarray(fold_in.sum(axis=1)).ravel()[kept]
+    names = list(per_user)
+    lines = [",".join(["user_id", "n_fold_in", "n_target", *names])]
+    for row, user_id in enumerate(np.asarray(user_ids)[kept]):
+        values = [repr(float(per_user[name][row])) for name in names]
+        lines.append(",".join([str(user_id), str(int(n_fold_in[row])),
+                               str(int(n_targets[kept][row])), *values]))
+    path.write_text("\n".join(lines) + "\n")
 
 
 def ranking_metrics(scores, fold_in, target, ks=DEFAULT_KS):
