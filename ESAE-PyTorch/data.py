@@ -1,5 +1,5 @@
 """MovieLens-1M for this folder: download, parsing with line-exact errors, and the
-Protocol B split of DESIGN.md section 4 (strong generalisation, top-N ranking).
+Protocol B split of PROTOCOLS.md (strong generalisation, top-N ranking).
 
 The download and parsing half of this file is kept identical in every model folder;
 the split half is identical in every top-N folder. tests/test_consistency.py checks both.

@@ -1,5 +1,5 @@
 """MovieLens-1M for this folder: download, parsing with line-exact errors, and the
-Protocol A split of DESIGN.md section 3 (random 81/9/10 split of all ratings, rating
+Protocol A split of PROTOCOLS.md (random 81/9/10 split of all ratings, rating
 prediction).
 
 The download and parsing half of this file is kept identical in every model folder;

@@ -1,4 +1,4 @@
-"""Rating-prediction metric of DESIGN.md section 3: one global RMSE over evaluated pairs.
+"""Rating-prediction metric of PROTOCOLS.md, Protocol A: one global RMSE over evaluated pairs.
 
 Identical in both rating folders (tests/test_consistency.py checks it). Predictions are
 clipped to the rating scale 1..5; a pair whose user or movie has no training rating is

@@ -1,4 +1,4 @@
-"""Top-N ranking metrics of DESIGN.md section 4: Precision, Recall and NDCG at K.
+"""Top-N ranking metrics of PROTOCOLS.md, Protocol B: Precision, Recall and NDCG at K.
 
 Identical in every top-N folder (tests/test_consistency.py checks it). Items are ranked
 by score, highest first, ties broken by the lower item index; fold-in items are masked
