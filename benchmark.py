@@ -1,11 +1,19 @@
-"""benchmark.py: run the six model folders and write one comparison table and one chart.
+"""benchmark.py: run the six model folders and the baselines over unseen seeds and both
+hold-outs, and write one comparison table, one chart and paired bootstrap intervals.
 
-Owns the benchmark only; it imports no model code. Each `<Folder>/main.py` runs as a
-subprocess with `--out-dir <out>/runs/<Folder>/seed<seed>` and the shared flags that folder
-accepts. This script measures each run's wall time and peak memory itself (os.wait4),
-reads the run's results.json, and writes `<out>/results.md`, `<out>/results.png` and
-`<out>/results.json`. A run that exits non-zero or writes no results.json shows as failed
-and does not stop the others. Usage: python benchmark.py --help
+Owns the benchmark only; it imports no model code. Each `<Folder>/main.py` (and each
+baseline of baselines.py) runs as a subprocess with `--out-dir <out>/runs/<name>/<hold-out>/
+seed<seed>` and the flags that script accepts. This script measures each run's wall time
+and peak memory itself (os.wait4), reads the run's results.json and its per-unit test file
+(test_per_user.csv for top-N, test_predictions.csv for rating prediction), and writes
+`<out>/results.md`, `<out>/results.png` and `<out>/results.json`.
+
+Seeds: by default 101, 102 and 103, never used to choose any default (the tuning seeds are
+1994 for rating and 98765 for top-N models). Each seed changes the split and the
+initialisation. A row shows the mean ± sample standard deviation over its seeds; each
+claimed difference carries a paired bootstrap 95% interval over test users (test ratings
+for RMSE), pooled across seeds. A run that fails does not stop the others; the exit status
+is 1 when any run failed. Usage: python benchmark.py --help
 """
 import argparse
 import json
@@ -16,25 +24,46 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent
-DEFAULT_SEEDS = {"A": 1994, "B": 98765}
-PROTOCOL_NAMES = {"A": "A (rating)", "B": "B (top-N)"}
-KS = (20, 50, 100)
-RANKING_KEYS = tuple(f"{metric}@{k}" for k in KS for metric in ("precision", "recall", "ndcg"))
+TUNING_SEEDS = {"A": 1994, "B": 98765}
+FIRST_UNSEEN_SEED = 101
+HOLDOUTS = ("random", "temporal")
+PROTOCOL_NAMES = {"A": "rating prediction", "B": "top-N ranking"}
+TOP_N_COLUMNS = (("ndcg@100", "NDCG@100"), ("recall@20", "Recall@20"),
+                 ("recall@50", "Recall@50"), ("precision@20", "P@20"))
 STDERR_TAIL_LINES = 15
+# Child processes run single-threaded when several run at once, so that two jobs share the
+# two cores instead of four threads fighting over them.
+ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                     "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                                     "TF_NUM_INTEROP_THREADS")}
 
 
 @dataclass(frozen=True)
 class Model:
-    folder: str
+    folder: str                 # model folder, or "baselines" for baselines.py
     name: str
     protocol: str               # "A": rating prediction (RMSE), "B": top-N ranking
-    accepts_epochs: bool = True  # EASE has a closed form and no --epochs flag
+    seconds: float              # rough single-run cost on 2 CPU cores: longest run first
+    accepts_epochs: bool = True
+    baseline: str = None        # the baselines.py positional argument
+
+    @property
+    def slug(self):
+        return f"baselines-{self.baseline}" if self.baseline else self.folder
+
+    @property
+    def script(self):
+        return "baselines.py" if self.baseline else f"{self.folder}/main.py"
 
     @property
     def aliases(self):
@@ -42,13 +71,22 @@ class Model:
 
 
 MODELS = (
-    Model("AutoRec-TensorFlow", "AutoRec", "A"),
-    Model("NVIDIA-DeepRec-TensorFlow", "DeepRec", "A"),
-    Model("CDAE-PyTorch", "CDAE", "B"),
-    Model("VAE-PyTorch", "Mult-VAE", "B"),
-    Model("SVAE-PyTorch", "SVAE", "B"),
-    Model("ESAE-PyTorch", "EASE", "B", accepts_epochs=False),
+    Model("AutoRec-TensorFlow", "AutoRec", "A", 200),
+    Model("NVIDIA-DeepRec-TensorFlow", "DeepRec", "A", 380),
+    Model("CDAE-PyTorch", "CDAE", "B", 70),
+    Model("VAE-PyTorch", "Mult-VAE", "B", 150),
+    Model("SVAE-PyTorch", "SVAE", "B", 560),
+    Model("ESAE-PyTorch", "EASE", "B", 20, accepts_epochs=False),
 )
+BASELINES = (
+    Model("baselines", "Global mean", "A", 5, False, "global-mean"),
+    Model("baselines", "Bias (damped)", "A", 8, False, "bias"),
+    Model("baselines", "Popularity", "B", 5, False, "popularity"),
+    Model("baselines", "Item-kNN", "B", 20, False, "itemknn"),
+)
+# Paired rating comparisons by name (top-N rows are compared with EASE and popularity).
+RATING_COMPARISONS = (("AutoRec", "DeepRec"), ("AutoRec", "Bias (damped)"),
+                      ("DeepRec", "Bias (damped)"), ("Bias (damped)", "Global mean"))
 
 # Figures published by the old reference implementation, on its own protocols
 # (P/R/NDCG at 100 for top-N). They are not comparable to ours; shown apart for orientation.
@@ -81,7 +119,7 @@ def non_negative_int(text):
 
 def positive_float(text):
     value = float(text)
-    if not value > 0:
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
 
@@ -96,26 +134,37 @@ def model_choice(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Run the autoencoder model folders on MovieLens-1M and write "
-                    "benchmark/results.md and benchmark/results.png. Exits 1 when a run failed.")
+        description="Run the autoencoder model folders and the baselines on MovieLens-1M "
+                    "over unseen seeds and both top-N hold-outs; write benchmark/results.md, "
+                    "results.json and results.png. Exits 1 when a run failed.")
     parser.add_argument("--models", nargs="+", type=model_choice, default=list(MODELS),
                         metavar="MODEL", help="subset to run, by folder or model name "
                         "(default: all six)")
-    parser.add_argument("--seeds", type=positive_int, default=1,
-                        help="runs per model; N > 1 uses seed, seed+1, ... and reports "
-                             "mean ± std")
-    parser.add_argument("--seed", type=non_negative_int,
-                        help="first seed (default: each model's own, 1994 for rating and "
-                             "98765 for top-N models)")
-    parser.add_argument("--data-dir", type=Path, help="passed to every model")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="run no baselines (popularity, item-kNN, global mean, bias)")
+    parser.add_argument("--seeds", type=positive_int, default=3,
+                        help="seeds per model and hold-out: --seed, --seed + 1, ... "
+                             "(default 3)")
+    parser.add_argument("--seed", type=non_negative_int, default=FIRST_UNSEEN_SEED,
+                        help=f"first seed (default {FIRST_UNSEEN_SEED}; the tuning seeds "
+                             f"1994 and 98765 are not among the defaults)")
+    parser.add_argument("--holdouts", nargs="+", choices=HOLDOUTS, default=list(HOLDOUTS),
+                        help="hold-outs of the top-N models (default: both)")
+    parser.add_argument("--jobs", type=positive_int, default=2,
+                        help="runs at a time (default 2); with more than one, each run is "
+                             "single-threaded and its wall time is marked as measured "
+                             "beside another job")
+    parser.add_argument("--bootstrap", type=positive_int, default=2000,
+                        help="resamples of the paired bootstrap (default 2000)")
+    parser.add_argument("--data-dir", type=Path, help="passed to every run")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="passed to every model")
     parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
                         help="passed to every model")
     parser.add_argument("--epochs", type=positive_int,
                         help="passed to the models that train for epochs (a quick pass)")
     parser.add_argument("--heldout-users", type=positive_int,
-                        help="passed to the top-N models (validation and test users each)")
-    parser.add_argument("--no-download", action="store_true", help="passed to every model")
+                        help="passed to the top-N runs (validation and test users each)")
+    parser.add_argument("--no-download", action="store_true", help="passed to every run")
     parser.add_argument("--timeout", type=positive_float,
                         help="seconds after which a run is killed and counted as failed")
     parser.add_argument("--repo-root", type=Path, default=REPO,
@@ -127,6 +176,7 @@ def parse_args(argv=None):
                              "<out-dir>/runs (give the same --models, --seed(s) and flags)")
     args = parser.parse_args(argv)
     args.models = [model for model in MODELS if model in args.models]  # table order
+    args.holdouts = [holdout for holdout in HOLDOUTS if holdout in args.holdouts]
     args.repo_root = args.repo_root.resolve()
     args.out_dir = (args.out_dir or args.repo_root / "benchmark").resolve()
     if args.data_dir is not None:
@@ -134,37 +184,49 @@ def parse_args(argv=None):
     return args
 
 
-def seeds_for(model, args):
-    """Seeds to run, and whether to pass --seed (not for one run at the model's default)."""
-    if args.seeds == 1 and args.seed is None:
-        return [(DEFAULT_SEEDS[model.protocol], False)]
-    first = DEFAULT_SEEDS[model.protocol] if args.seed is None else args.seed
-    return [(first + i, True) for i in range(args.seeds)]
+def entries(args):
+    """The rows to run: the chosen models, then the baselines of their protocols."""
+    protocols = {model.protocol for model in args.models}
+    baselines = [] if args.no_baselines else [b for b in BASELINES if b.protocol in protocols]
+    return list(args.models) + baselines
 
 
-def seeds_used(args, protocol):
-    models = [model for model in args.models if model.protocol == protocol]
-    return [seed for seed, _ in seeds_for(models[0], args)] if models else []
+def seed_list(args):
+    return [args.seed + i for i in range(args.seeds)]
 
 
-def child_command(model, seed, pass_seed, args, run_dir):
-    """The main.py command line of one run, with only the flags this folder accepts."""
-    command = [sys.executable, str(args.repo_root / model.folder / "main.py"),
-               "--out-dir", str(run_dir), "--quiet"]
-    if pass_seed:
-        command += ["--seed", str(seed)]
+def planned_runs(args):
+    """(model, hold-out or None, seed) of every run, in table order."""
+    return [(model, holdout, seed) for model in entries(args)
+            for holdout in (args.holdouts if model.protocol == "B" else [None])
+            for seed in seed_list(args)]
+
+
+def run_dir_of(model, holdout, seed, args):
+    return args.out_dir / "runs" / model.slug / (holdout or "ratings") / f"seed{seed}"
+
+
+def child_command(model, holdout, seed, args, run_dir):
+    """The command line of one run, with only the flags that script accepts."""
+    command = [sys.executable, str(args.repo_root / model.script)]
+    if model.baseline:
+        command.append(model.baseline)
+    command += ["--out-dir", str(run_dir), "--quiet", "--seed", str(seed)]
     if args.data_dir is not None:
         command += ["--data-dir", str(args.data_dir)]
-    if args.device is not None:
-        command += ["--device", args.device]
-    if args.comet is not None:
-        command += ["--comet", args.comet]
-    if args.epochs is not None and model.accepts_epochs:
-        command += ["--epochs", str(args.epochs)]
-    if args.heldout_users is not None and model.protocol == "B":
-        command += ["--heldout-users", str(args.heldout_users)]
     if args.no_download:
         command.append("--no-download")
+    if holdout is not None:
+        command += ["--holdout", holdout]
+    if args.heldout_users is not None and model.protocol == "B":
+        command += ["--heldout-users", str(args.heldout_users)]
+    if not model.baseline:
+        if args.device is not None:
+            command += ["--device", args.device]
+        if args.comet is not None:
+            command += ["--comet", args.comet]
+        if args.epochs is not None and model.accepts_epochs:
+            command += ["--epochs", str(args.epochs)]
     return command
 
 
@@ -199,47 +261,52 @@ def wait_with_usage(process, timeout):
     return process.returncode, usage.ru_maxrss / scale, timed_out
 
 
-def child_env():
+def child_env(jobs):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if jobs > 1:
+        env.update(ONE_THREAD)
     return env
 
 
-def run_one(model, seed, pass_seed, args):
-    """Run one model once; returns its record (also written to the run folder)."""
-    run_dir = args.out_dir / "runs" / model.folder / f"seed{seed}"
+def run_one(model, holdout, seed, args):
+    """Run one model once; its record is written to the run folder as benchmark.json."""
+    run_dir = run_dir_of(model, holdout, seed, args)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # stale results must never pass for this run's
     run_dir.mkdir(parents=True)
-    command = child_command(model, seed, pass_seed, args, run_dir)
+    command = child_command(model, holdout, seed, args, run_dir)
     shown = ["python"] + [shown_path(part, args.repo_root) for part in command[1:]]
-    record = {"folder": model.folder, "seed": seed, "run_dir": str(run_dir),
-              "command": shlex.join(shown), "benchmark_command": args.command}
-    if not (args.repo_root / model.folder / "main.py").is_file():
+    record = {"folder": model.folder, "name": model.name, "holdout": holdout, "seed": seed,
+              "run_dir": str(run_dir), "command": shlex.join(shown),
+              "benchmark_command": args.command, "jobs": args.jobs,
+              "started_at": time.time()}
+    if not (args.repo_root / model.script).is_file():
         record.update(returncode=None, wall_seconds=None, peak_memory_mb=None,
-                      error=f"{model.folder}/main.py not found")
+                      error=f"{model.script} not found")
         (run_dir / "stderr.log").write_text(record["error"] + "\n")
     else:
         started = time.monotonic()
         with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err:
             process = subprocess.Popen(command, stdout=out, stderr=err, cwd=args.repo_root,
-                                       env=child_env())
+                                       env=child_env(args.jobs))
             code, peak_mb, timed_out = wait_with_usage(process, args.timeout)
         record.update(returncode=code, wall_seconds=round(time.monotonic() - started, 2),
                       peak_memory_mb=None if peak_mb is None else round(peak_mb, 1),
                       error=f"timed out after {args.timeout:g} s" if timed_out else None)
-    record["finished_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    record["ended_at"] = time.time()
+    record["finished_utc"] = utc(record["ended_at"])
     (run_dir / "benchmark.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
 
 
-def load_record(model, seed, args):
+def load_record(model, holdout, seed, args):
     """The record of one finished run, with its results.json, or a failed record."""
-    run_dir = args.out_dir / "runs" / model.folder / f"seed{seed}"
+    run_dir = run_dir_of(model, holdout, seed, args)
     record_path = run_dir / "benchmark.json"
     if not record_path.is_file():
-        return {"folder": model.folder, "seed": seed, "run_dir": str(run_dir),
-                "status": "failed", "error": "not run", "results": None, "stderr_tail": []}
+        return {"folder": model.folder, "name": model.name, "holdout": holdout, "seed": seed,
+                "run_dir": str(run_dir), "status": "failed", "error": "not run",
+                "results": None, "stderr_tail": []}
     record = json.loads(record_path.read_text())
     record["results"] = read_results(run_dir / "results.json")
     record["stderr_tail"] = tail(run_dir / "stderr.log", STDERR_TAIL_LINES)
@@ -276,44 +343,179 @@ def shown_path(path, root):
         return str(path)
 
 
-def progress_line(index, total, model, seed, record):
-    head = f"[{index}/{total}] {model.folder} seed {seed}:"
+def utc(seconds):
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def run_label(model, holdout, seed):
+    return f"{model.name}" + (f" {holdout}" if holdout else "") + f" seed {seed}"
+
+
+def progress_line(label, record):
     if record["status"] != "ok":
-        lines = [f"{head} FAILED ({record['error']}); log: {record['run_dir']}/stderr.log"]
+        lines = [f"{label}: FAILED ({record['error']}); log: {record['run_dir']}/stderr.log"]
         return "\n".join(lines + [f"    {line}" for line in record["stderr_tail"]])
     test = record["results"]["test"]
     shown = (f"rmse {test['rmse']:.4f}" if "rmse" in test
              else f"ndcg@100 {test.get('ndcg@100', float('nan')):.4f}")
     memory = record["peak_memory_mb"]
-    return (f"{head} ok, {shown}, {record['wall_seconds']:.1f} s, "
+    return (f"{label}: ok, {shown}, {record['wall_seconds']:.1f} s, "
             f"peak {memory if memory is not None else '?'} MB")
 
 
 def run_all(args):
-    jobs = [(model, seed, pass_seed) for model in args.models
-            for seed, pass_seed in seeds_for(model, args)]
-    records = []
-    for index, (model, seed, pass_seed) in enumerate(jobs, start=1):
-        if not args.report_only:
-            print(f"[{index}/{len(jobs)}] {model.folder} seed {seed}: running", flush=True)
-            run_one(model, seed, pass_seed, args)
-        record = load_record(model, seed, args)
-        print(progress_line(index, len(jobs), model, seed, record), flush=True)
-        records.append(record)
+    """Run every planned run (longest first, --jobs at a time); returns records in order."""
+    runs = planned_runs(args)
+    if not args.report_only:
+        lock, done = threading.Lock(), []
+
+        def job(run):
+            run_one(*run, args)
+            record = load_record(*run, args)
+            with lock:
+                done.append(run)
+                print(f"[{len(done)}/{len(runs)}] "
+                      f"{progress_line(run_label(*run), record)}", flush=True)
+
+        by_cost = sorted(runs, key=lambda run: -run[0].seconds)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(job, by_cost))
+    records = [load_record(*run, args) for run in runs]
+    mark_overlaps(records)
     return records
+
+
+def mark_overlaps(records):
+    """record['beside_other_jobs']: whether another run was running during this one."""
+    spans = [(r.get("started_at"), r.get("ended_at")) for r in records]
+    for index, record in enumerate(records):
+        start, end = spans[index]
+        record["beside_other_jobs"] = start is not None and any(
+            other != index and s is not None and s < end and start < e
+            for other, (s, e) in enumerate(spans))
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def mean_sd(values):
+    """(mean, sample standard deviation), None where undefined."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def paired_bootstrap(groups, transform, n_resamples, seed=0):
+    """Paired bootstrap of transform(mean of a) - transform(mean of b) over pooled units.
+
+    groups: one (a, b) pair of equal-length arrays per seed, a unit (test user or test
+    rating) per position. Units are resampled with replacement within each seed, so every
+    resample keeps each seed's number of units; group g draws from its own
+    numpy.random.default_rng([seed, g]), n units per resample, resample after resample.
+    Returns (estimate, low, high): the statistic on the data and the 2.5% and 97.5%
+    percentiles of the resampled statistics.
+    """
+    total = sum(len(a) for a, _ in groups)
+    pooled_a = np.concatenate([a for a, _ in groups])
+    pooled_b = np.concatenate([b for _, b in groups])
+    estimate = float(transform(pooled_a.mean()) - transform(pooled_b.mean()))
+    largest = max(len(a) for a, _ in groups)
+    chunk = max(1, 4_000_000 // largest)  # resamples per step, to bound memory
+    generators = [np.random.default_rng([seed, g]) for g in range(len(groups))]
+    resampled = []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        sum_a, sum_b = np.zeros(size), np.zeros(size)
+        for (a, b), generator in zip(groups, generators):
+            picks = generator.integers(0, len(a), size=(size, len(a)))
+            sum_a += a[picks].sum(axis=1)
+            sum_b += b[picks].sum(axis=1)
+        resampled.append(transform(sum_a / total) - transform(sum_b / total))
+    low, high = np.percentile(np.concatenate(resampled), [2.5, 97.5])
+    return estimate, float(low), float(high)
+
+
+def read_units(path):
+    """A per-unit CSV (test_per_user.csv or test_predictions.csv) as name -> column."""
+    with open(path) as lines:
+        names = lines.readline().strip().split(",")
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return {name: table[:, i] for i, name in enumerate(names)}
+
+
+UNIT_FILES = {  # protocol -> (file, key columns that must match, value of one unit)
+    "B": ("test_per_user.csv", ("user_id", "n_fold_in", "n_target"),
+          lambda units: units["ndcg@100"]),
+    "A": ("test_predictions.csv", ("user_id", "movie_id", "rating"),
+          lambda units: (units["prediction"] - units["rating"]) ** 2),
+}
+
+
+def compare(row_a, row_b, args):
+    """Paired difference of two rows of the same protocol and hold-out over shared seeds."""
+    protocol = row_a["protocol"]
+    file_name, keys, unit_value = UNIT_FILES[protocol]
+    comparison = {"a": row_a["model"], "b": row_b["model"], "holdout": row_a["holdout"],
+                  "metric": "ndcg@100" if protocol == "B" else "rmse",
+                  "seeds": [], "n_units": 0}
+    runs_a = {r["seed"]: r for r in row_a["ok_records"]}
+    runs_b = {r["seed"]: r for r in row_b["ok_records"]}
+    groups = []
+    for seed in sorted(set(runs_a) & set(runs_b)):
+        try:
+            units_a = read_units(Path(runs_a[seed]["run_dir"]) / file_name)
+            units_b = read_units(Path(runs_b[seed]["run_dir"]) / file_name)
+        except (OSError, ValueError, KeyError) as error:
+            return {**comparison, "error": f"seed {seed}: no readable {file_name} ({error})"}
+        if any(not np.array_equal(units_a[key], units_b[key]) for key in keys):
+            return {**comparison, "error": f"seed {seed}: the two runs' test units differ "
+                                           f"(not the same split)"}
+        groups.append((unit_value(units_a), unit_value(units_b)))
+        comparison["seeds"].append(seed)
+    if not groups:
+        return {**comparison, "error": "no seed where both runs succeeded"}
+    transform = np.sqrt if protocol == "A" else (lambda x: x)
+    estimate, low, high = paired_bootstrap(groups, transform, args.bootstrap)
+    higher_is_better = protocol == "B"
+    if low > 0 or high < 0:
+        a_wins = (low > 0) == higher_is_better
+        verdict = f"{comparison['a'] if a_wins else comparison['b']} better"
+    else:
+        verdict = "within noise"
+    return {**comparison, "n_units": sum(len(a) for a, _ in groups), "difference": estimate,
+            "low": low, "high": high, "verdict": verdict, "error": None}
+
+
+def comparisons(rows, args):
+    """Every claimed difference: top-N rows against EASE and popularity (per hold-out),
+    AutoRec against DeepRec and the bias baseline, and the baselines against each other."""
+    pairs = []
+    for holdout in args.holdouts:
+        top_n = {row["model"]: row for row in rows if row["holdout"] == holdout}
+        ease, popularity = top_n.get("EASE"), top_n.get("Popularity")
+        for name, row in top_n.items():
+            if ease and name not in ("EASE", "Popularity"):
+                pairs.append((row, ease))
+        for name, row in top_n.items():
+            if popularity and name != "Popularity":
+                pairs.append((row, popularity))
+    rating = {row["model"]: row for row in rows if row["protocol"] == "A"}
+    pairs += [(rating[a], rating[b]) for a, b in RATING_COMPARISONS
+              if a in rating and b in rating]
+    return [compare(a, b, args) for a, b in pairs]
 
 
 # ---------------------------------------------------------------- summary
 
 
-def summarise(model, records):
-    """One table row's numbers for a model: metric -> list of values over its ok runs."""
+def summarise(model, holdout, records):
+    """One table row: metric -> list of values over the row's successful runs, and more."""
     ok = [r for r in records if r["status"] == "ok"]
     values = {}
     for record in ok:
         results = record["results"]
         for key, value in results["test"].items():
-            if isinstance(value, (int, float)) and key != "n_users":
+            if isinstance(value, (int, float)) and not key.startswith("n_"):
                 values.setdefault(key, []).append(float(value))
         memory = record["peak_memory_mb"]
         if memory is None:
@@ -322,29 +524,38 @@ def summarise(model, records):
                            ("peak_memory_mb", memory)):
             if value is not None:
                 values.setdefault(key, []).append(float(value))
-    protocol = ok[0]["results"].get("protocol", model.protocol) if ok else model.protocol
-    holdout = ok[0]["results"].get("holdout") if ok else None
-    return {"folder": model.folder, "model": model.name, "protocol": protocol,
-            "holdout": holdout, "values": values, "n_ok": len(ok), "n_runs": len(records),
+    return {"folder": model.folder, "model": model.name,
+            "kind": "baseline" if model.baseline else "model",
+            "protocol": model.protocol, "holdout": holdout, "values": values,
+            "n_ok": len(ok), "n_runs": len(records), "ok_records": ok,
+            "per_seed": {str(r["seed"]): r["results"]["test"] for r in ok},
             "best_epochs": [r["results"].get("best_epoch") for r in ok],
             "selected": [r["results"].get("selected") for r in ok],
-            "seeds": [r["results"].get("seed", r["seed"]) for r in ok],
+            "seeds": [r["seed"] for r in ok],
+            "beside_other_jobs": any(r.get("beside_other_jobs") for r in ok),
             "devices": sorted({str(r["results"].get("device")) for r in ok}),
             "data_sha256": sorted({str(r["results"].get("data_sha256")) for r in ok}),
             "failures": [r for r in records if r["status"] != "ok"]}
 
 
-def mean_std(values):
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+def build_rows(records, args):
+    rows = []
+    for model in entries(args):
+        for holdout in (args.holdouts if model.protocol == "B" else [None]):
+            mine = [r for r in records if r["name"] == model.name and r["holdout"] == holdout]
+            rows.append(summarise(model, holdout, mine))
+    return rows
 
 
 def fmt(values, digits=4):
-    mean, std = mean_std(values or [])
+    mean, sd = mean_sd(values or [])
     if mean is None:
         return "–"
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def fmt_per_seed(values, digits=4):
+    return ", ".join(f"{v:.{digits}f}" for v in values or []) or "–"
 
 
 def fmt_best_epoch(epochs):
@@ -357,51 +568,73 @@ def fmt_choice(choice):
                      for k, v in (choice or {}).items()) or "–"
 
 
-def selected_section(rows):
-    """Settings each run chose on validation data (lambda, beta, ...), one line per run."""
-    lines = [f"- {row['model']}, seed {seed}: {fmt_choice(choice)}" for row in rows
-             for seed, choice in zip(row["seeds"], row["selected"]) if choice]
-    return ["", "Settings selected on the validation data:", "", *lines] if lines else []
-
-
 def fmt_status(row):
     if row["n_ok"] == row["n_runs"]:
         return "ok" if row["n_runs"] == 1 else f"{row['n_ok']}/{row['n_runs']} ok"
     errors = list(dict.fromkeys(r["error"] for r in row["failures"]))
-    reasons = "; ".join(errors)
     prefix = "**failed**" if row["n_ok"] == 0 else f"{row['n_ok']}/{row['n_runs']} ok"
-    return f"{prefix} ({reasons})"
+    return f"{prefix} ({'; '.join(errors)})"
+
+
+def fmt_wall(row):
+    shown = fmt(row["values"].get("wall_seconds"), 1)
+    return shown + " †" if row["beside_other_jobs"] and shown != "–" else shown
 
 
 # ---------------------------------------------------------------- report
 
 
-def results_table(rows):
-    metric_heads = [f"{m[0].upper()}@{k}" if m != "ndcg" else f"NDCG@{k}"
-                    for k in KS for m in ("precision", "recall", "ndcg")]
-    head = (["Model", "Folder", "Protocol", "RMSE"] + metric_heads +
-            ["Best epoch", "Wall time (s)", "Peak memory (MB)", "Status"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        protocol = PROTOCOL_NAMES.get(row["protocol"], row["protocol"])
-        if row["holdout"]:
-            protocol = protocol[:-1] + f", {row['holdout']})"
-        values = row["values"]
-        cells = ([row["model"], f"`{row['folder']}`", protocol, fmt(values.get("rmse"))] +
-                 [fmt(values.get(key)) for key in RANKING_KEYS] +
-                 [fmt_best_epoch(row["best_epochs"]), fmt(values.get("wall_seconds"), 1),
-                  fmt(values.get("peak_memory_mb"), 0), fmt_status(row)])
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+def markdown_table(head, body):
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+            ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def rating_table(rows):
+    head = ["Model", "Kind", "RMSE (mean ± sd)", "RMSE per seed", "Best epoch",
+            "Wall time (s)", "Peak memory (MB)", "Status"]
+    body = [[row["model"], row["kind"], fmt(row["values"].get("rmse")),
+             fmt_per_seed(row["values"].get("rmse")), fmt_best_epoch(row["best_epochs"]),
+             fmt_wall(row), fmt(row["values"].get("peak_memory_mb"), 0), fmt_status(row)]
+            for row in rows]
+    return markdown_table(head, body)
+
+
+def top_n_table(rows):
+    head = (["Model", "Kind"] + [f"{label} (mean ± sd)" for _, label in TOP_N_COLUMNS] +
+            ["NDCG@100 per seed", "Best epoch", "Wall time (s)", "Peak memory (MB)", "Status"])
+    body = [[row["model"], row["kind"]] +
+            [fmt(row["values"].get(key)) for key, _ in TOP_N_COLUMNS] +
+            [fmt_per_seed(row["values"].get("ndcg@100")), fmt_best_epoch(row["best_epochs"]),
+             fmt_wall(row), fmt(row["values"].get("peak_memory_mb"), 0), fmt_status(row)]
+            for row in rows]
+    return markdown_table(head, body)
+
+
+def comparison_table(results):
+    head = ["Hold-out", "Difference", "Metric", "Mean difference", "95% interval",
+            "Seeds", "Units", "Verdict"]
+    body = []
+    for c in results:
+        pair = f"{c['a']} − {c['b']}"
+        if c["error"]:
+            body.append([c["holdout"] or "–", pair, c["metric"], "–", "–",
+                         ", ".join(map(str, c["seeds"])) or "–", "–",
+                         f"not compared: {c['error']}"])
+            continue
+        body.append([c["holdout"] or "–", pair, c["metric"], f"{c['difference']:+.4f}",
+                     f"[{c['low']:+.4f}, {c['high']:+.4f}]", ", ".join(map(str, c["seeds"])),
+                     str(c["n_units"]), c["verdict"]])
+    return markdown_table(head, body)
 
 
 def old_reference_table(rows):
-    lines = ["| Model | RMSE | P@100 | R@100 | NDCG@100 |", "|---|---|---|---|---|"]
+    lines = [["Model", "RMSE", "P@100", "R@100", "NDCG@100"]]
+    seen = []
     for row in rows:
-        if row["folder"] in OLD_REFERENCE:
-            cells = [row["model"], *OLD_REFERENCE[row["folder"]]]
-            lines.append("| " + " | ".join(cells) + " |")
-    return lines if len(lines) > 2 else []
+        if row["folder"] in OLD_REFERENCE and row["folder"] not in seen:
+            seen.append(row["folder"])
+            lines.append([row["model"], *OLD_REFERENCE[row["folder"]]])
+    return markdown_table(lines[0], lines[1:]) if len(lines) > 1 else []
 
 
 def machine_description():
@@ -416,170 +649,227 @@ def machine_description():
     return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPU cores"
 
 
+def code_version(root):
+    """The commit of root (and whether the tree had uncommitted changes), or None."""
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + (" with uncommitted changes" if dirty else "")
+
+
 def failure_section(rows, root):
     lines = []
     for row in rows:
         for record in row["failures"]:
-            lines += ["", f"### {row['folder']}, seed {record['seed']}: {record['error']}", "",
+            label = row["model"] + (f" {row['holdout']}" if row["holdout"] else "")
+            lines += ["", f"### {label}, seed {record['seed']}: {record['error']}", "",
                       f"Log: `{shown_path(record['run_dir'], root)}/stderr.log`. "
                       f"Last lines of its stderr:", "",
                       "```"] + (record["stderr_tail"] or ["(empty)"]) + ["```"]
     return ["", "## Failed runs"] + lines if lines else []
 
 
-def report_origin(records, args):
-    """(command, date) of the runs: the benchmark command(s) that ran them, and when."""
-    dates = sorted(r["finished_utc"] for r in records if r.get("finished_utc"))
-    date = dates[-1] if dates else datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
-    if not args.report_only:
-        return args.command, date
-    ran = sorted({r["benchmark_command"] for r in records if r.get("benchmark_command")})
-    return " ; ".join(ran) or "?", date
+def selected_section(rows):
+    """Settings each run chose on validation data (lambda, k, damping, beta, ...)."""
+    lines = [f"- {row['model']}" + (f" ({row['holdout']})" if row["holdout"] else "") +
+             f", seed {seed}: {fmt_choice(choice)}" for row in rows
+             for seed, choice in zip(row["seeds"], row["selected"]) if choice]
+    return ["", "## Settings selected on the validation data", "", *lines] if lines else []
 
 
-def write_markdown(path, rows, records, args):
-    command, date = report_origin(records, args)
+def header_lines(rows, records, args, invocation):
     devices = sorted({d for row in rows for d in row["devices"]})
     checksums = sorted({c for row in rows for c in row["data_sha256"]})
-    seeds = "; ".join(f"{', '.join(map(str, used))} ({kind})" for kind, used in (
-        ("rating models", seeds_used(args, "A")), ("top-N models", seeds_used(args, "B")))
-        if used)
-    if args.seed is None and args.seeds == 1:
-        seeds += ", each model's default (no --seed passed)"
+    seeds = seed_list(args)
+    tuning = sorted(set(seeds) & set(TUNING_SEEDS.values()))
     lines = [
         "# Benchmark results", "",
-        f"- Command: `{command}`" + (f" (report rebuilt by `{args.command}`)"
-                                     if args.report_only else ""),
-        f"- Date: {date} UTC",
+        f"- Command: `{invocation['command']}`" +
+        (f" (report rebuilt by `{args.command}`)" if args.report_only else ""),
+        f"- Date: {invocation['started_utc']} to {invocation['finished_utc']} UTC; total wall "
+        f"time {invocation['wall_seconds'] / 60:.1f} min",
         f"- Machine: {machine_description()}; device: {', '.join(devices) or '–'}",
+        f"- Code: commit {invocation.get('code') or 'unknown'}",
         f"- Data: ratings.dat sha256 {', '.join(c[:16] + '…' for c in checksums) or '–'}",
-        f"- Seeds: {seeds}",
+        f"- Seeds: {', '.join(map(str, seeds))}" +
+        (f" (includes the tuning seed {', '.join(map(str, tuning))})" if tuning else
+         " (none of them used to choose any default; the tuning seeds are 1994 and 98765)"),
+        f"- Top-N hold-outs: {', '.join(args.holdouts)}",
     ]
+    if invocation["jobs"] > 1:
+        lines.append(f"- {invocation['jobs']} runs at a time, each single-threaded; a wall "
+                     f"time marked † was measured beside another job")
     if args.epochs is not None:
         lines.append(f"- Quick pass: `--epochs {args.epochs}` (not converged; not the "
                      f"models' results)")
     if args.heldout_users is not None:
-        lines.append(f"- Top-N models ran with `--heldout-users {args.heldout_users}`")
-    lines += ["", *results_table(rows), "",
-              "Protocol A: test RMSE of rating prediction, a seeded 81/9/10 random split of "
-              "all ratings. Protocol B: top-N ranking under strong generalisation, "
-              "Precision/Recall/NDCG at K over the held-out test users (both described in "
-              "README.md, Evaluation protocols). Best epoch and selected settings come from validation data "
-              "only; the test set is evaluated once. Wall time and peak memory (maximum "
-              "resident set size) are measured by benchmark.py for the whole process: "
-              "start-up, data loading, training and evaluation."]
-    if args.seeds > 1:
-        lines.append("With several seeds: mean ± sample standard deviation over the "
-                     "successful runs; best epochs listed per seed.")
+        lines.append(f"- Top-N runs used `--heldout-users {args.heldout_users}`")
+    return lines
+
+
+def write_markdown(path, rows, records, found, args, invocation):
+    lines = header_lines(rows, records, args, invocation)
+    rating = [row for row in rows if row["protocol"] == "A"]
+    if rating:
+        lines += ["", "## Rating prediction: test RMSE (lower is better)", "",
+                  *rating_table(rating)]
+    for holdout in args.holdouts:
+        top_n = [row for row in rows if row["holdout"] == holdout]
+        if top_n:
+            lines += ["", f"## Top-N ranking, {holdout} hold-out: test users (higher is "
+                          f"better)", "", *top_n_table(top_n)]
+    lines += ["",
+              "Rating prediction: RMSE over the test ratings of a seeded 81/9/10 random "
+              "split of all ratings. Top-N ranking: strong generalisation, metrics over the "
+              "held-out test users (both protocols in PROTOCOLS.md). Every figure is the "
+              "mean ± sample standard deviation over the seeds, each seed its own split and "
+              "initialisation. Best epochs and selected settings come from validation data "
+              "only; the test set is evaluated once per run. Wall time and peak memory "
+              "(maximum resident set size) are measured by benchmark.py for the whole "
+              "process: start-up, data loading, training and evaluation."]
+    if found:
+        lines += ["", "## Paired differences", "",
+                  f"Difference of the first minus the second, over test users (top-N: "
+                  f"NDCG@100) or test ratings (RMSE), pooled across the seeds both ran; 95% "
+                  f"interval from a paired bootstrap ({args.bootstrap} resamples, units "
+                  f"resampled within each seed). A difference is called real only when its "
+                  f"interval excludes 0.", "", *comparison_table(found)]
     lines += selected_section(rows)
-    reference = old_reference_table(rows)
+    reference = old_reference_table([row for row in rows if row["kind"] == "model"])
     if reference:
         lines += ["", "## Old reference implementation's figures (different protocol)", "",
                   "As published by the old reference implementation, on its own splits and "
                   "metric definitions. They are **not** measurements of this benchmark and "
-                  "are not comparable with the table above.", "", *reference]
+                  "are not comparable with the tables above.", "", *reference]
     lines += failure_section(rows, args.repo_root)
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_plot(path, rows):
-    """Three panels: ranking metrics per top-N model, RMSE per rating model, wall time."""
+def write_plot(path, rows, holdouts):
+    """One panel per top-N hold-out, one for RMSE and one for wall time; sd error bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top_n = [r for r in rows if r["protocol"] == "B" and r["n_ok"]]
     rating = [r for r in rows if r["protocol"] == "A" and r["n_ok"]]
-    figure, axes = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [3, 1, 1.4]})
-    plot_ranking(axes[0], top_n)
-    plot_rmse(axes[1], rating)
-    plot_wall_time(axes[2], rows)
+    panels = len(holdouts) + 2
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.5))
+    for axis, holdout in zip(axes, holdouts):
+        plot_ranking(axis, [r for r in rows if r["holdout"] == holdout and r["n_ok"]], holdout)
+    plot_rmse(axes[-2], rating)
+    plot_wall_time(axes[-1], rows)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def plot_ranking(axis, rows):
-    axis.set_title("Top-N ranking (test users; higher is better)")
+def plot_ranking(axis, rows, holdout):
+    axis.set_title(f"Top-N, {holdout} hold-out (mean ± sd over seeds)")
     if not rows:
-        axis.text(0.5, 0.5, "no top-N model finished", ha="center", va="center")
+        axis.text(0.5, 0.5, "no top-N run finished", ha="center", va="center")
         axis.set_axis_off()
         return
+    keys = [key for key, _ in TOP_N_COLUMNS]
     width = 0.8 / len(rows)
-    labels = [key.replace("precision", "P").replace("recall", "R").replace("ndcg", "NDCG")
-              for key in RANKING_KEYS]
     for i, row in enumerate(rows):
-        stats = [mean_std(row["values"].get(key, [])) for key in RANKING_KEYS]
+        stats = [mean_sd(row["values"].get(key, [])) for key in keys]
         means = [m if m is not None else 0.0 for m, _ in stats]
-        errors = [s or 0.0 for _, s in stats] if row["n_ok"] > 1 else None
-        positions = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(RANKING_KEYS))]
-        axis.bar(positions, means, width, yerr=errors, capsize=2, label=row["model"])
-    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    axis.set_ylabel("metric value")
-    axis.legend()
+        errors = [s or 0.0 for _, s in stats]
+        positions = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(keys))]
+        axis.bar(positions, means, width, yerr=errors, capsize=2, label=row["model"],
+                 hatch="//" if row["kind"] == "baseline" else None)
+    axis.set_xticks(range(len(keys)), [label for _, label in TOP_N_COLUMNS])
+    axis.set_ylabel("test metric (higher is better)")
+    axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
 
 
 def plot_rmse(axis, rows):
-    axis.set_title("Rating prediction (lower is better)")
+    axis.set_title("Rating prediction (mean ± sd over seeds)")
     if not rows:
-        axis.text(0.5, 0.5, "no rating model finished", ha="center", va="center")
+        axis.text(0.5, 0.5, "no rating run finished", ha="center", va="center")
         axis.set_axis_off()
         return
-    stats = [mean_std(row["values"]["rmse"]) for row in rows]
+    stats = [mean_sd(row["values"]["rmse"]) for row in rows]
     means = [m for m, _ in stats]
     errors = [s or 0.0 for _, s in stats]
-    bars = axis.bar([row["model"] for row in rows], means, yerr=errors if any(errors) else None,
-                    capsize=3, color="tab:purple", width=0.6)
+    bars = axis.bar([row["model"] for row in rows], means, yerr=errors, capsize=3,
+                    color="tab:purple", width=0.6)
     axis.bar_label(bars, labels=[f"{m:.4f}" for m in means], padding=3)
     axis.set_ylim(max(0.0, min(means) - 0.1), max(means) + 0.05)
-    axis.set_ylabel("test RMSE (axis does not start at 0)")
+    axis.set_ylabel("test RMSE (lower is better; axis does not start at 0)")
+    axis.tick_params(axis="x", labelrotation=20)
     axis.grid(axis="y", alpha=0.3)
 
 
 def plot_wall_time(axis, rows):
     axis.set_title("Wall time per run (s; blue top-N, purple rating)")
-    stats = [mean_std(row["values"].get("wall_seconds", [])) for row in rows]
+    labels = [row["model"] + (f" ({row['holdout'][0]})" if row["holdout"] else "")
+              for row in rows]
+    stats = [mean_sd(row["values"].get("wall_seconds", [])) for row in rows]
     means = [m or 0.0 for m, _ in stats]
     errors = [s or 0.0 for _, s in stats]
     colors = ["tab:blue" if row["protocol"] == "B" else "tab:purple" for row in rows]
     positions = range(len(rows))
-    axis.barh(positions, means, xerr=errors if any(errors) else None, capsize=3,
-              color=colors, height=0.6)
+    axis.barh(positions, means, xerr=errors, capsize=3, color=colors, height=0.6)
     right = max([m + e for m, e in zip(means, errors)] + [1.0])
     for y, mean, error, row in zip(positions, means, errors, rows):
         label = f"{mean:.0f}" if row["n_ok"] else "failed"
         axis.text(mean + error + 0.02 * right, y, label, va="center")
-    axis.set_yticks(positions, [row["model"] for row in rows])
+    axis.set_yticks(positions, labels)
     axis.invert_yaxis()
     axis.set_xlim(0, right * 1.2)
     axis.grid(axis="x", alpha=0.3)
 
 
-def write_json_summary(path, rows, records, args):
+def write_json_summary(path, rows, records, found, args, invocation):
     root = args.repo_root
-    command, date = report_origin(records, args)
-    summary = {"command": command, "date": date,
-               "machine": machine_description(),
-               "models": [{**{k: v for k, v in row.items() if k != "failures"},
-                           "failures": [{"seed": r["seed"], "error": r["error"]}
-                                        for r in row["failures"]]} for row in rows],
+    hidden = ("failures", "ok_records")
+    summary = {**invocation, "machine": machine_description(), "seeds": seed_list(args),
+               "holdouts": args.holdouts, "bootstrap_resamples": args.bootstrap,
+               "rows": [{**{k: v for k, v in row.items() if k not in hidden},
+                         "failures": [{"seed": r["seed"], "error": r["error"]}
+                                      for r in row["failures"]]} for row in rows],
+               "comparisons": found,
                "runs": [{**{k: v for k, v in r.items() if k != "stderr_tail"},
                          "run_dir": shown_path(r["run_dir"], root)} for r in records]}
     path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def load_invocation(args, started):
+    """When, how and from which code the runs were made (kept for --report-only)."""
+    path = args.out_dir / "runs" / "invocation.json"
+    if args.report_only:
+        if path.is_file():
+            return json.loads(path.read_text())
+        return {"command": "?", "started_utc": "?", "finished_utc": "?", "wall_seconds": 0,
+                "jobs": args.jobs, "code": None}
+    invocation = {"command": args.command, "started_utc": utc(started),
+                  "finished_utc": utc(time.time()), "wall_seconds": time.time() - started,
+                  "jobs": args.jobs, "code": args.code}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(invocation, indent=2) + "\n")
+    return invocation
 
 
 def main(argv=None):
     args = parse_args(argv)
     args.command = shlex.join(["python", "benchmark.py",
                                *(sys.argv[1:] if argv is None else argv)])
+    args.code = code_version(args.repo_root)
+    started = time.time()
     records = run_all(args)
-    rows = [summarise(model, [r for r in records if r["folder"] == model.folder])
-            for model in args.models]
+    invocation = load_invocation(args, started)
+    rows = build_rows(records, args)
+    found = comparisons(rows, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_markdown(args.out_dir / "results.md", rows, records, args)
-    write_plot(args.out_dir / "results.png", rows)
-    write_json_summary(args.out_dir / "results.json", rows, records, args)
+    write_markdown(args.out_dir / "results.md", rows, records, found, args, invocation)
+    write_plot(args.out_dir / "results.png", rows, args.holdouts)
+    write_json_summary(args.out_dir / "results.json", rows, records, found, args, invocation)
     print(f"wrote {args.out_dir / 'results.md'}, results.png and results.json")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
