@@ -1,9 +1,10 @@
-"""Tests of benchmark.py: the runner, the table, the chart and failure handling.
+"""Tests of benchmark.py: seeds and hold-outs, the tables, the paired bootstrap, the chart,
+failure handling, and the flags it passes to the real scripts.
 
 benchmark.py runs in a subprocess against a temporary repository tree (--repo-root) that
-holds a copy of ESAE-PyTorch (a real, cheap model) and small fake model folders: one that
-writes a rating results.json and records its arguments, and others that fail in different
-ways. Nothing here depends on the other model folders being finished.
+holds fake model folders (and a fake baselines.py) whose per-unit test files are written
+from a seeded "split" shared by every fake on the same seed, so paired comparisons work;
+one test uses a copy of the real ESAE-PyTorch and baselines.py on planted data.
 """
 import importlib.util
 import json
@@ -17,27 +18,52 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, TOP_N_FOLDERS, RATING_FOLDERS
+
 SCRIPT = REPO / "benchmark.py"
 
-FAKE_RATING = """
-    import argparse, json, pathlib, sys
+# A fake main.py (or baselines.py): QUALITY (per baseline name for baselines.py) sets how
+# good its per-unit results are; the units themselves depend on the seed only. PROTOCOL
+# "auto" (baselines.py): top-N when given a hold-out, rating otherwise.
+FAKE = """
+    import argparse, json, os, pathlib, sys
+    import numpy as np
+    QUALITY = {quality!r}
+    PROTOCOL = {protocol!r}
     parser = argparse.ArgumentParser()
-    for flag in ("--data-dir", "--device", "--comet"):
+    parser.add_argument("baseline", nargs="?")
+    for flag in ("--data-dir", "--device", "--comet", "--holdout"):
         parser.add_argument(flag)
     parser.add_argument("--out-dir", type=pathlib.Path, required=True)
-    parser.add_argument("--seed", type=int, default=1994)
+    parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--heldout-users", type=int, default=600)
     parser.add_argument("--no-download", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    calls = pathlib.Path(__file__).resolve().parent / "calls.txt"
-    with open(calls, "a") as out:
-        out.write(" ".join(sys.argv[1:]) + "\\n")
-    rmse = 0.9 + 0.01 * (args.seed - 1994)
-    results = {"model": "FakeAutoRec", "protocol": "A", "test": {"rmse": rmse},
-               "best_epoch": args.epochs, "selected": {}, "seed": args.seed,
-               "data_sha256": "f" * 64, "device": "cpu", "argv": sys.argv[1:]}
+    quality = QUALITY[args.baseline] if isinstance(QUALITY, dict) else QUALITY
+    protocol = PROTOCOL if PROTOCOL != "auto" else ("B" if args.holdout else "A")
+    rng = np.random.RandomState(args.seed + (7 if args.holdout == "temporal" else 0))
+    units = 40
+    if protocol == "B":
+        ndcg = np.clip(0.5 * rng.rand(units) + quality, 0, 1)
+        lines = ["user_id,n_fold_in,n_target,ndcg@100"] + [
+            f"{{3 * u + 1}},{{u % 5 + 4}},{{u % 3 + 1}},{{float(v)!r}}" for u, v in enumerate(ndcg)]
+        (args.out_dir / "test_per_user.csv").write_text("\\n".join(lines) + "\\n")
+        test = {{"ndcg@100": quality + 0.01 * (args.seed - 101), "recall@20": 0.5,
+                 "n_users": units}}
+    else:
+        ratings = rng.randint(1, 6, units)
+        predictions = ratings + quality * (2 * rng.rand(units) - 1)
+        lines = ["user_id,movie_id,rating,prediction"] + [
+            f"{{u + 1}},{{2 * u + 5}},{{r}},{{float(p)!r}}"
+            for u, (r, p) in enumerate(zip(ratings, predictions))]
+        (args.out_dir / "test_predictions.csv").write_text("\\n".join(lines) + "\\n")
+        test = {{"rmse": quality + 0.01 * (args.seed - 101), "n_ratings": units}}
+    results = {{"model": "fake", "protocol": protocol, "holdout": args.holdout, "test": test,
+               "best_epoch": args.epochs, "selected": {{}}, "seed": args.seed,
+               "data_sha256": "f" * 64, "device": "cpu", "argv": sys.argv[1:],
+               "threads": os.environ.get("OMP_NUM_THREADS")}}
     (args.out_dir / "results.json").write_text(json.dumps(results))
 """
 FAKE_FAILING = """
@@ -49,9 +75,13 @@ FAKE_SILENT = """
     print("exits 0 but writes no results.json")
 """
 FAKE_SLOW = """
-    import time
-    time.sleep(60)
+    import pathlib, sys, time
+    time.sleep(20)
+    out = pathlib.Path(sys.argv[sys.argv.index("--out-dir") + 1])
+    (out / "results.json").write_text('{"test": {"ndcg@100": 0.9}}')
 """
+BASELINE_QUALITY_B = {"popularity": 0.1, "itemknn": 0.3}
+BASELINE_QUALITY_A = {"global-mean": 1.1, "bias": 0.9}
 
 
 # ---------------------------------------------------------------- helpers
@@ -64,14 +94,18 @@ def load_benchmark():
     return module
 
 
-def fake_tree(root, fakes, with_ease=False):
-    """A repository tree under root: {folder: main.py source}, plus a copy of ESAE-PyTorch."""
+def fake(quality, protocol):
+    return FAKE.format(quality=quality, protocol=protocol)
+
+
+def fake_tree(root, fakes, baselines=None):
+    """A repository tree: {folder: main.py source}, and baselines.py when given."""
+    root.mkdir(parents=True)
     for folder, source in fakes.items():
-        (root / folder).mkdir(parents=True)
+        (root / folder).mkdir()
         (root / folder / "main.py").write_text(textwrap.dedent(source))
-    if with_ease:
-        shutil.copytree(REPO / "ESAE-PyTorch", root / "ESAE-PyTorch",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    if baselines is not None:
+        (root / "baselines.py").write_text(textwrap.dedent(baselines))
     return root
 
 
@@ -84,139 +118,313 @@ def run_benchmark(repo_root, *args, timeout=300):
                           cwd=repo_root)
 
 
-def table_rows(markdown):
-    """The results table of results.md as {model name: {column: cell}}."""
-    lines = [line for line in markdown.split("## ")[0].splitlines() if line.startswith("|")]
-    head = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    rows = {}
-    for line in lines[2:]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        rows[cells[0]] = dict(zip(head, cells))
-    return rows
+def tables(markdown):
+    """Every table of results.md under its section title: {title: [{column: cell}]}."""
+    found, title, lines = {}, None, []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("## "):
+            title = line[3:]
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            head = [cell.strip() for cell in lines[0].strip("|").split("|")]
+            found[title] = [dict(zip(head, [c.strip() for c in row.strip("|").split("|")]))
+                            for row in lines[2:]]
+            lines = []
+    return found
 
 
-def summary_runs(repo_root):
-    return json.loads((repo_root / "benchmark" / "results.json").read_text())["runs"]
+def by_model(table):
+    return {row["Model"]: row for row in table}
 
 
-# ---------------------------------------------------------------- end to end
+def summary(repo_root):
+    return json.loads((repo_root / "benchmark" / "results.json").read_text())
 
 
-def test_table_and_chart_with_a_real_model_a_fake_rating_model_and_a_failing_one(
-        tmp_path, top_n_file):
-    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": FAKE_RATING,
-                                         "CDAE-PyTorch": FAKE_FAILING}, with_ease=True)
-    done = run_benchmark(root, "--models", "ESAE-PyTorch", "CDAE-PyTorch", "AutoRec-TensorFlow",
-                         "--data-dir", top_n_file.parent, "--heldout-users", 200,
-                         "--comet", "off", "--epochs", 2, "--device", "cpu")
-    assert done.returncode == 1, done.stderr  # a run failed; the others still ran
-    out = root / "benchmark"
-    markdown = (out / "results.md").read_text()
-    rows = table_rows(markdown)
-    assert list(rows) == ["AutoRec", "CDAE", "EASE"]
+# ---------------------------------------------------------------- statistics by hand
 
-    ease_results = json.loads((out / "runs/ESAE-PyTorch/seed98765/results.json").read_text())
-    ease = rows["EASE"]
-    assert ease["Status"] == "ok"
-    assert ease["NDCG@100"] == f"{ease_results['test']['ndcg@100']:.4f}"
-    assert ease["P@20"] == f"{ease_results['test']['precision@20']:.4f}"
-    assert float(ease["R@50"]) > 0.3  # EASE learns the planted clusters
-    assert float(ease["Wall time (s)"]) > 0 and float(ease["Peak memory (MB)"]) > 10
 
-    assert rows["AutoRec"]["RMSE"] == "0.9000" and rows["AutoRec"]["Best epoch"] == "2"
-    assert rows["CDAE"]["Status"] == "**failed** (exit code 1)"
-    assert rows["CDAE"]["NDCG@100"] == "–"
-    assert "planted failure in a fake model" in markdown  # stderr tail in the report
-    assert "planted failure" in (out / "runs/CDAE-PyTorch/seed98765/stderr.log").read_text()
-    assert "0.2561" in markdown.split("## Old reference")[1]  # old figures kept apart
+def test_mean_and_sample_sd_by_hand():
+    benchmark = load_benchmark()
+    mean, sd = benchmark.mean_sd([0.90, 0.91, 0.92])
+    assert mean == pytest.approx(0.91) and sd == pytest.approx(0.01)
+    mean, sd = benchmark.mean_sd([1.0, 2.0, 3.0, 4.0])  # deviations 1.5, .5: 5 / 3
+    assert mean == 2.5 and sd == pytest.approx((5 / 3) ** 0.5)
+    assert benchmark.mean_sd([0.4]) == (0.4, None)
 
-    # each folder gets only the flags it accepts: no --epochs for EASE, no
-    # --heldout-users for rating models, no --seed unless one was given
-    rating_argv = json.loads((out / "runs/AutoRec-TensorFlow/seed1994/results.json")
-                             .read_text())["argv"]
-    assert rating_argv[rating_argv.index("--epochs") + 1] == "2"
-    assert rating_argv[rating_argv.index("--data-dir") + 1] == str(top_n_file.parent)
-    assert rating_argv[rating_argv.index("--device") + 1] == "cpu"
-    assert "--heldout-users" not in rating_argv and "--seed" not in rating_argv
-    ease_config = json.loads((out / "runs/ESAE-PyTorch/seed98765/config.json").read_text())
-    assert ease_config["heldout_users"] == 200 and ease_config["seed"] == 98765
-    assert ease_config["comet"] == "off" and "epochs" not in ease_config
 
-    statuses = {run["folder"]: run["status"] for run in summary_runs(root)}
-    assert statuses == {"AutoRec-TensorFlow": "ok", "CDAE-PyTorch": "failed",
-                        "ESAE-PyTorch": "ok"}
+def test_paired_bootstrap_constant_difference_has_a_zero_width_interval():
+    benchmark = load_benchmark()
+    a = np.array([0.3, 0.5, 0.9, 0.1])
+    groups = [(a, a - 0.05), (a[:3], a[:3] - 0.05)]
+    estimate, low, high = benchmark.paired_bootstrap(groups, lambda x: x, 500, seed=3)
+    assert estimate == pytest.approx(0.05)
+    assert low == pytest.approx(0.05) and high == pytest.approx(0.05)
 
-    image = pytest.importorskip("matplotlib.image").imread(out / "results.png")
-    assert image.shape[0] > 200 and image.shape[1] > 400
+
+def test_paired_bootstrap_equals_a_resample_by_resample_computation():
+    """The interval is the 2.5/97.5 percentiles of resamples drawn within each seed, each
+    seed g from default_rng([seed, g]): recomputed here one resample at a time."""
+    benchmark = load_benchmark()
+    groups = [(np.array([1.0, 0.0, 0.5]), np.array([0.0, 0.0, 0.25])),
+              (np.array([0.2, 0.4]), np.array([0.3, 0.1]))]
+    estimate, low, high = benchmark.paired_bootstrap(groups, lambda x: x, 200, seed=11)
+    # on the data: a pools to 2.1 / 5, b to 0.65 / 5
+    assert estimate == pytest.approx((2.1 - 0.65) / 5)
+    generators = [np.random.default_rng([11, g]) for g in range(2)]
+    resampled = []
+    for _ in range(200):
+        total = 0.0
+        for (a, b), generator in zip(groups, generators):
+            picks = generator.integers(0, len(a), size=len(a))
+            total += (a[picks] - b[picks]).sum()
+        resampled.append(total / 5)
+    assert (low, high) == pytest.approx(tuple(np.percentile(resampled, [2.5, 97.5])))
+    assert low < estimate < high
+
+
+def test_paired_bootstrap_of_rmse_differences_by_hand():
+    """transform = sqrt on mean squared errors: RMSE(a) - RMSE(b)."""
+    benchmark = load_benchmark()
+    squared_a, squared_b = np.array([1.0, 4.0]), np.array([1.0, 1.0])
+    estimate, low, high = benchmark.paired_bootstrap([(squared_a, squared_b)], np.sqrt, 400)
+    assert estimate == pytest.approx(2.5 ** 0.5 - 1.0)
+    # each resample holds two of the errors: RMSE(a) in {1, sqrt(2.5), 2}, RMSE(b) = 1
+    assert low == pytest.approx(0.0) and high == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- end to end with fakes
+
+
+def test_default_seeds_hold_outs_baselines_and_paired_comparisons(tmp_path):
+    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": fake(0.6, "A"),
+                                         "NVIDIA-DeepRec-TensorFlow": fake(0.6, "A"),
+                                         "CDAE-PyTorch": fake(0.35, "B"),
+                                         "ESAE-PyTorch": fake(0.4, "B")},
+                     baselines=fake({**BASELINE_QUALITY_A, **BASELINE_QUALITY_B}, "auto"))
+    done = run_benchmark(root, "--models", "AutoRec", "DeepRec", "CDAE", "EASE",
+                         "--bootstrap", 300)
+    assert done.returncode == 0, done.stderr
+    result = summary(root)
+    assert result["seeds"] == [101, 102, 103]  # unseen seeds, never 1994 or 98765
+    runs = {(r["name"], r["holdout"], r["seed"]) for r in result["runs"]}
+    assert len(runs) == 2 * 3 + 2 * 3 + 2 * 2 * 3 + 2 * 2 * 3  # rating; baselines; top-N
+    assert ("CDAE", "temporal", 103) in runs and ("Item-kNN", "random", 101) in runs
+    assert ("AutoRec", None, 102) in runs and ("Bias (damped)", None, 101) in runs
+    for run in result["runs"]:  # every run got its seed and, for top-N, its hold-out
+        argv = json.loads((root / run["run_dir"] / "results.json").read_text())["argv"]
+        assert argv[argv.index("--seed") + 1] == str(run["seed"])
+        assert (argv[argv.index("--holdout") + 1] if "--holdout" in argv else None) == \
+            run["holdout"]
+
+    markdown = (root / "benchmark/results.md").read_text()
+    found = tables(markdown)
+    rating = by_model(found["Rating prediction: test RMSE (lower is better)"])
+    assert rating["AutoRec"]["RMSE (mean ± sd)"] == "0.6100 ± 0.0100"  # .60, .61, .62
+    assert rating["AutoRec"]["RMSE per seed"] == "0.6000, 0.6100, 0.6200"
+    assert rating["Bias (damped)"]["Kind"] == "baseline"
+    random = by_model(found["Top-N ranking, random hold-out: test users (higher is better)"])
+    assert list(random) == ["CDAE", "EASE", "Popularity", "Item-kNN"]
+    assert random["EASE"]["NDCG@100 (mean ± sd)"] == "0.4100 ± 0.0100"
+    assert "Top-N ranking, temporal hold-out: test users (higher is better)" in found
+    # per-seed figures kept in results.json
+    ease_row = [row for row in result["rows"] if row["model"] == "EASE"
+                and row["holdout"] == "random"][0]
+    assert ease_row["per_seed"]["102"]["ndcg@100"] == pytest.approx(0.41)
+
+    comparisons = {(c["a"], c["b"], c["holdout"]): c for c in result["comparisons"]}
+    assert set(comparisons) >= {("CDAE", "EASE", "random"), ("CDAE", "Popularity", "temporal"),
+                                ("EASE", "Popularity", "random"),
+                                ("Item-kNN", "EASE", "temporal"), ("AutoRec", "DeepRec", None),
+                                ("AutoRec", "Bias (damped)", None)}
+    assert ("Popularity", "EASE", "random") not in comparisons
+    cdae = comparisons[("CDAE", "EASE", "random")]
+    # the same units shifted by the quality gap: 0.35 - 0.4 exactly, on every resample
+    assert cdae["difference"] == pytest.approx(-0.05) and cdae["n_units"] == 3 * 40
+    assert cdae["high"] == pytest.approx(-0.05) and cdae["verdict"] == "EASE better"
+    same = comparisons[("AutoRec", "DeepRec", None)]  # identical predictions
+    assert same["difference"] == 0 and same["verdict"] == "within noise"
+    assert comparisons[("AutoRec", "Bias (damped)", None)]["verdict"] == "AutoRec better"
+    paired = by_model([{**row, "Model": row["Difference"]} for row in found["Paired differences"]])
+    assert paired["CDAE − EASE"]["Verdict"] == "EASE better"
+
+    image = pytest.importorskip("matplotlib.image").imread(root / "benchmark/results.png")
+    assert image.shape[1] > 4 * image.shape[0] / 2  # four panels side by side
     assert np.asarray(image)[..., :3].std() > 0.05  # not a blank canvas
 
 
-# ---------------------------------------------------------------- seeds
-
-
-def test_seeds_repeat_each_model_and_report_mean_and_std(tmp_path):
-    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": FAKE_RATING})
-    done = run_benchmark(root, "--models", "AutoRec-TensorFlow", "--seeds", 3)
+def test_runs_of_different_splits_are_not_compared(tmp_path):
+    shifted = fake(0.3, "B").replace('f"{{3 * u + 1}}', 'f"{{3 * u + 2}}').replace(
+        "{3 * u + 1}", "{3 * u + 2}")
+    root = fake_tree(tmp_path / "repo", {"CDAE-PyTorch": shifted,
+                                         "ESAE-PyTorch": fake(0.4, "B")})
+    done = run_benchmark(root, "--models", "CDAE", "EASE", "--no-baselines", "--seeds", 1,
+                         "--holdouts", "random")
     assert done.returncode == 0, done.stderr
-    seeds = [run["seed"] for run in summary_runs(root)]
-    assert seeds == [1994, 1995, 1996]  # the protocol's default seed, then +1, +2
-    calls = (root / "AutoRec-TensorFlow/calls.txt").read_text().splitlines()
-    assert [call.split("--seed ")[1].split()[0] for call in calls] == ["1994", "1995", "1996"]
-    row = table_rows((root / "benchmark/results.md").read_text())["AutoRec"]
-    assert row["RMSE"] == "0.9100 ± 0.0100"  # 0.90, 0.91, 0.92: sample std 0.01
-    assert row["Status"] == "3/3 ok"
+    (comparison,) = summary(root)["comparisons"]
+    assert "not the same split" in comparison["error"]
+    assert "not compared" in (root / "benchmark/results.md").read_text()
 
 
-def test_seed_flag_sets_the_first_seed(tmp_path):
-    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": FAKE_RATING})
-    done = run_benchmark(root, "--models", "AutoRec-TensorFlow", "--seeds", 2, "--seed", 2000)
+def test_seed_flags_and_jobs(tmp_path):
+    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": fake(0.9, "A"),
+                                         "NVIDIA-DeepRec-TensorFlow": fake(0.9, "A")})
+    done = run_benchmark(root, "--models", "AutoRec", "DeepRec", "--no-baselines",
+                         "--seeds", 2, "--seed", 2000, "--jobs", 1)
     assert done.returncode == 0, done.stderr
-    assert [run["seed"] for run in summary_runs(root)] == [2000, 2001]
+    runs = summary(root)["runs"]
+    assert sorted({run["seed"] for run in runs}) == [2000, 2001]
+    assert not any(run["beside_other_jobs"] for run in runs)
+    threads = {json.loads((root / r["run_dir"] / "results.json").read_text())["threads"]
+               for r in runs}
+    assert threads == {os.environ.get("OMP_NUM_THREADS")}  # left as it was
+    markdown = (root / "benchmark/results.md").read_text()
+    assert "†" not in markdown and "includes the tuning seed" not in markdown
+
+
+def test_two_jobs_run_single_threaded_and_say_so(tmp_path):
+    slow = fake(0.9, "A").replace("import numpy as np", "import numpy as np, time\n"
+                                  "    time.sleep(1.5)")
+    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": slow,
+                                         "NVIDIA-DeepRec-TensorFlow": slow})
+    done = run_benchmark(root, "--models", "AutoRec", "DeepRec", "--no-baselines",
+                         "--seeds", 1, "--jobs", 2, "--seed", 1994)
+    assert done.returncode == 0, done.stderr
+    runs = summary(root)["runs"]
+    assert all(run["beside_other_jobs"] for run in runs)
+    assert {json.loads((root / r["run_dir"] / "results.json").read_text())["threads"]
+            for r in runs} == {"1"}
+    markdown = (root / "benchmark/results.md").read_text()
+    assert "measured beside another job" in markdown
+    rating = by_model(tables(markdown)["Rating prediction: test RMSE (lower is better)"])
+    assert rating["AutoRec"]["Wall time (s)"].endswith("†")
+    assert "includes the tuning seed 1994" in markdown
 
 
 # ---------------------------------------------------------------- failures
 
 
-def test_every_kind_of_failure_is_reported_and_stale_results_never_count(tmp_path):
+def test_every_kind_of_failure_is_reported(tmp_path):
     root = fake_tree(tmp_path / "repo", {"CDAE-PyTorch": FAKE_SILENT, "VAE-PyTorch": FAKE_SLOW,
                                          "SVAE-PyTorch": FAKE_FAILING})
-    stale = root / "benchmark/runs/SVAE-PyTorch/seed98765"
+    done = run_benchmark(root, "--models", "CDAE", "VAE", "SVAE", "DeepRec", "--timeout", 2,
+                         "--seeds", 1, "--holdouts", "random", "--no-baselines")
+    assert done.returncode == 1  # every run failed
+    found = tables((root / "benchmark/results.md").read_text())
+    top_n = by_model(found["Top-N ranking, random hold-out: test users (higher is better)"])
+    assert top_n["CDAE"]["Status"] == "**failed** (no readable results.json)"
+    assert top_n["Mult-VAE"]["Status"] == "**failed** (timed out after 2 s)"
+    assert top_n["SVAE"]["Status"] == "**failed** (exit code 1)"
+    assert top_n["SVAE"]["NDCG@100 (mean ± sd)"] == "–"
+    rating = by_model(found["Rating prediction: test RMSE (lower is better)"])
+    assert rating["DeepRec"]["Status"] == \
+        "**failed** (NVIDIA-DeepRec-TensorFlow/main.py not found)"
+    markdown = (root / "benchmark/results.md").read_text()
+    assert "planted failure in a fake model" in markdown  # stderr tail in the report
+    # the slow run was killed, not waited for: it never wrote its results
+    slow_dir = root / "benchmark/runs/VAE-PyTorch/random/seed101"
+    assert not (slow_dir / "results.json").exists()
+
+
+def test_stale_results_of_an_earlier_run_never_count(tmp_path):
+    root = fake_tree(tmp_path / "repo", {"CDAE-PyTorch": FAKE_SILENT})
+    stale = root / "benchmark/runs/CDAE-PyTorch/random/seed101"
     stale.mkdir(parents=True)
     (stale / "results.json").write_text(json.dumps({"test": {"ndcg@100": 0.9}}))
-    done = run_benchmark(root, "--models", "CDAE", "VAE", "SVAE", "DeepRec", "--timeout", 3)
+    done = run_benchmark(root, "--models", "CDAE", "--seeds", 1, "--holdouts", "random",
+                         "--no-baselines")
     assert done.returncode == 1
-    rows = table_rows((root / "benchmark/results.md").read_text())
-    assert rows["CDAE"]["Status"] == "**failed** (no readable results.json)"
-    assert rows["Mult-VAE"]["Status"] == "**failed** (timed out after 3 s)"
-    assert rows["SVAE"]["Status"] == "**failed** (exit code 1)"
-    assert rows["SVAE"]["NDCG@100"] == "–"
-    assert rows["DeepRec"]["Status"] == "**failed** (NVIDIA-DeepRec-TensorFlow/main.py not found)"
-    image = pytest.importorskip("matplotlib.image").imread(root / "benchmark/results.png")
-    assert image.size > 0
+    top_n = by_model(tables((root / "benchmark/results.md").read_text())[
+        "Top-N ranking, random hold-out: test users (higher is better)"])
+    assert top_n["CDAE"]["Status"] == "**failed** (no readable results.json)"
 
 
 def test_report_only_rebuilds_the_report_without_running(tmp_path):
-    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": FAKE_RATING})
-    assert run_benchmark(root, "--models", "AutoRec").returncode == 0
+    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": fake(0.9, "A")})
+    assert run_benchmark(root, "--models", "AutoRec", "--no-baselines").returncode == 0
     (root / "benchmark/results.md").unlink()
-    done = run_benchmark(root, "--models", "AutoRec", "--report-only")
+    done = run_benchmark(root, "--models", "AutoRec", "--no-baselines", "--report-only")
     assert done.returncode == 0, done.stderr
-    assert len((root / "AutoRec-TensorFlow/calls.txt").read_text().splitlines()) == 1
+    assert len(summary(root)["runs"]) == 3
     markdown = (root / "benchmark/results.md").read_text()
-    assert table_rows(markdown)["AutoRec"]["RMSE"] == "0.9000"
+    rating = by_model(tables(markdown)["Rating prediction: test RMSE (lower is better)"])
+    assert rating["AutoRec"]["RMSE (mean ± sd)"] == "0.9100 ± 0.0100"
     assert "Command: `python benchmark.py --repo-root" in markdown  # the command that ran
     assert "(report rebuilt by `python benchmark.py" in markdown
+
+
+# ---------------------------------------------------------------- the real scripts
+
+
+@pytest.mark.parametrize("folder", RATING_FOLDERS + TOP_N_FOLDERS)
+def test_every_flag_the_benchmark_passes_is_accepted_by_the_real_script(folder, tmp_path):
+    benchmark = load_benchmark()
+    args = benchmark.parse_args(["--data-dir", str(tmp_path), "--device", "cpu", "--comet",
+                                 "off", "--epochs", "1", "--heldout-users", "5",
+                                 "--no-download", "--timeout", "5"])
+    model = [m for m in benchmark.MODELS if m.folder == folder][0]
+    holdout = "temporal" if model.protocol == "B" else None
+    command = benchmark.child_command(model, holdout, 101, args, tmp_path / "run")
+    probe = ("import sys; sys.path.insert(0, '.'); import main; "
+             "args = main.parse_args(sys.argv[1:]); print(args.seed)")
+    done = subprocess.run([sys.executable, "-c", probe, *command[2:]], capture_output=True,
+                          text=True, cwd=REPO / folder, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "101"
+
+
+@pytest.mark.parametrize("baseline", ["popularity", "itemknn", "global-mean", "bias"])
+def test_every_flag_the_benchmark_passes_is_accepted_by_baselines(baseline, tmp_path):
+    benchmark = load_benchmark()
+    args = benchmark.parse_args(["--data-dir", str(tmp_path), "--heldout-users", "5",
+                                 "--no-download"])
+    model = [m for m in benchmark.BASELINES if m.baseline == baseline][0]
+    holdout = "random" if model.protocol == "B" else None
+    command = benchmark.child_command(model, holdout, 101, args, tmp_path / "run")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # no ratings.dat and --no-download: the data error, not an argument error
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error:") and "ratings.dat" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_real_ease_and_baselines_on_planted_data(tmp_path, top_n_file):
+    root = tmp_path / "repo"
+    root.mkdir()
+    for folder in ("ESAE-PyTorch", "AutoRec-TensorFlow"):  # baselines.py reads their files
+        shutil.copytree(REPO / folder, root / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "README.md"))
+    shutil.copy(REPO / "baselines.py", root / "baselines.py")
+    done = run_benchmark(root, "--models", "EASE", "--data-dir", top_n_file.parent,
+                         "--heldout-users", 200, "--comet", "off", "--seeds", 2,
+                         "--holdouts", "random", "--bootstrap", 300)
+    assert done.returncode == 0, done.stderr
+    found = tables((root / "benchmark/results.md").read_text())
+    top_n = by_model(found["Top-N ranking, random hold-out: test users (higher is better)"])
+    assert list(top_n) == ["EASE", "Popularity", "Item-kNN"]
+    ease_results = json.loads(
+        (root / "benchmark/runs/ESAE-PyTorch/random/seed101/results.json").read_text())
+    assert ease_results["seed"] == 101
+    comparisons = {(c["a"], c["b"]): c for c in summary(root)["comparisons"]}
+    # the same split (no error), and the planted clusters make EASE beat popularity
+    assert comparisons[("EASE", "Popularity")]["error"] is None
+    assert comparisons[("EASE", "Popularity")]["verdict"] == "EASE better"
+    assert comparisons[("Item-kNN", "Popularity")]["verdict"] == "Item-kNN better"
 
 
 # ---------------------------------------------------------------- command line
 
 
-def test_unknown_model_is_an_argparse_error(capsys):
+def test_unknown_model_and_bad_jobs_are_argparse_errors_naming_the_flag(capsys):
     benchmark = load_benchmark()
     with pytest.raises(SystemExit) as stop:
         benchmark.parse_args(["--models", "NoSuchModel"])
     assert stop.value.code == 2
     assert "unknown model 'NoSuchModel'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        benchmark.parse_args(["--jobs", "0"])
+    assert stop.value.code == 2 and "--jobs" in capsys.readouterr().err
 
 
 def test_models_accept_folder_and_model_names_in_table_order():
