@@ -230,6 +230,7 @@ def split_top_n(ratings, seed=98765, min_rating=4, heldout_users=600, holdout="r
     if holdout == "temporal" and ratings.timestamps is None:
         raise DataError(f"{ratings.path}: --holdout temporal needs timestamps, but the file "
                         f"has three-field lines (UserID::MovieID::Rating)")
+    _check_unique_pairs(ratings)
     users, items = _positives_in_time_order(ratings, min_rating)
     user_ids, counts = np.unique(users, return_counts=True)
     user_ids = user_ids[counts >= min_positives]
@@ -252,6 +253,18 @@ def split_top_n(ratings, seed=98765, min_rating=4, heldout_users=600, holdout="r
         item_ids=item_ids, train_user_ids=train_users, train=train, train_seqs=train_seqs,
         validation=_hold_out(users, items, val_users, len(item_ids), holdout, seed),
         test=_hold_out(users, items, test_users, len(item_ids), holdout, seed))
+
+
+def _check_unique_pairs(ratings):
+    """Two lines for one (user, movie) pair would make one item count twice (or be both
+    fold-in and target): refuse them, naming both lines."""
+    keys = ratings.users * (int(ratings.items.max()) + 1) + ratings.items
+    order = np.argsort(keys, kind="stable")
+    repeated = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    if repeated.size:
+        first, second = sorted(order[repeated[0]:repeated[0] + 2])
+        raise DataError(f"{ratings.path}, line {second + 1}: user {ratings.users[second]} "
+                        f"rated movie {ratings.items[second]} already on line {first + 1}")
 
 
 def _positives_in_time_order(ratings, min_rating):

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import TOP_N_FOLDERS, load_module, planted_top_n_rows, write_ratings
+from conftest import TOP_N_FOLDERS, load_module, planted_top_n_rows, run_main, write_ratings
 
 
 @pytest.fixture(params=TOP_N_FOLDERS)
@@ -219,3 +219,147 @@ def test_temporal_needs_timestamps(data, tmp_path):
     assert split(data, ratings).test.target.nnz > 0
     with pytest.raises(data.DataError, match="timestamps"):
         split(data, ratings, holdout="temporal")
+
+
+# Six users with 5+ positives (user 57 has only 4 and is dropped before the permutation).
+# Lines are out of time order on purpose; user 4 rates movies 33 and 11 at the same time 20
+# (movie id breaks the tie: 11 first); user 9's movie 121 is rated by no training user, so it
+# leaves the item set and user 9 keeps 10 positives; ratings below 4 are not positives.
+HAND_WORKED_FILE = """\
+23::11::5::100
+23::22::4::101
+23::33::5::102
+23::44::4::103
+23::55::5::104
+23::66::2::105
+42::66::5::200
+42::77::4::201
+42::88::5::202
+42::99::4::203
+42::110::5::204
+42::11::1::205
+4::110::4::50
+4::22::5::10
+4::88::4::30
+4::33::5::20
+4::66::5::40
+4::11::4::20
+4::99::5::60
+4::44::3::5
+15::55::5::1
+15::44::4::2
+15::110::5::3
+15::11::4::4
+15::99::5::5
+15::22::4::6
+15::88::5::7
+15::33::4::8
+15::77::5::9
+15::66::4::10
+9::77::5::300
+9::11::4::300
+9::99::5::100
+9::33::4::250
+9::66::5::120
+9::22::4::400
+9::110::5::50
+9::44::4::180
+9::88::5::350
+9::55::4::200
+9::121::5::260
+31::88::4::70
+31::44::5::10
+31::22::4::30
+31::110::5::20
+31::66::4::60
+31::33::5::40
+31::11::2::15
+31::55::3::50
+57::11::5::1
+57::22::5::2
+57::33::5::3
+57::44::5::4
+57::55::1::5
+"""
+
+
+def test_hand_worked_random_split(data, tmp_path):
+    """Worked out by hand from the protocol, and checked once with plain NumPy:
+
+    eligible users [4, 9, 15, 23, 31, 42]; RandomState(7).permutation(...) =
+    [23, 42, 4, 15, 9, 31]: training 23, 42; validation 4, 15; test 9, 31 (heldout_users=2).
+    Positives in (timestamp, movie id) order, n_target = int(0.2 n):
+      user 4:  [22, 11, 33, 88, 66, 110, 99]            n 7,  1 target
+      user 15: [55, 44, 110, 11, 99, 22, 88, 33, 77, 66] n 10, 2 targets
+      user 9:  [110, 99, 66, 44, 55, 33, 11, 77, 88, 22] n 10, 2 targets
+      user 31: [44, 110, 22, 33, 66, 88]                n 6,  1 target
+    Validation: rng = RandomState(7); rng.choice(7, 1) = [2] -> movie 33;
+                rng.choice(10, 2) = [9, 3] -> movies 66, 11.
+    Test: a fresh rng = RandomState(7); rng.choice(10, 2) = [8, 5] -> movies 88, 33;
+          rng.choice(6, 1) = [1] -> movie 110.
+    (A fresh RandomState per user would give user 15 [8, 5]; one rng continued from the
+    validation users would give user 9 [1, 5]; ignoring the movie-id tie-break would make
+    user 4's target movie 11.)
+    """
+    path = tmp_path / "ratings.dat"
+    path.write_text(HAND_WORKED_FILE)
+    result = data.split_top_n(data.load_ratings(path), seed=7, heldout_users=2)
+    assert result.item_ids.tolist() == [11, 22, 33, 44, 55, 66, 77, 88, 99, 110]
+    assert result.train_user_ids.tolist() == [23, 42]
+    movies = result.item_ids
+
+    def targets(group):
+        return [movies[group.target[row].indices].tolist() for row in range(len(group.user_ids))]
+
+    def fold_ins(group):
+        return [movies[seq].tolist() for seq in group.fold_in_seqs]
+
+    assert result.validation.user_ids.tolist() == [4, 15]
+    assert targets(result.validation) == [[33], [11, 66]]
+    assert fold_ins(result.validation) == [[22, 11, 88, 66, 110, 99],
+                                           [55, 44, 110, 99, 22, 88, 33, 77]]
+    assert result.test.user_ids.tolist() == [9, 31]
+    assert targets(result.test) == [[33, 88], [110]]
+    assert fold_ins(result.test) == [[110, 99, 66, 44, 55, 11, 77, 22], [44, 22, 33, 66, 88]]
+
+
+# ---------------------------------------------------------------- duplicate pairs
+
+
+DUPLICATED_FILE = ("1::10::5::100\n2::20::3::200\n1::11::4::300\n"
+                   "2::21::4::400\n2::20::5::500\n1::12::4::600\n")
+
+
+@pytest.mark.parametrize("holdout", ["random", "temporal"])
+def test_duplicate_user_movie_lines_are_refused(data, tmp_path, holdout):
+    """A repeated (user, movie) pair, whatever its rating, would count one item twice."""
+    path = tmp_path / "ratings.dat"
+    path.write_text(DUPLICATED_FILE)
+    with pytest.raises(data.DataError) as error:
+        data.split_top_n(data.load_ratings(path), heldout_users=1, holdout=holdout)
+    assert str(error.value) == f"{path}, line 5: user 2 rated movie 20 already on line 2"
+
+
+def test_duplicate_message_matches_the_rating_split(data, tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text(DUPLICATED_FILE)
+    rating_data = load_module("AutoRec-TensorFlow", "data")
+    with pytest.raises(rating_data.DataError) as rating_error:
+        rating_data.split_ratings(rating_data.load_ratings(path))
+    with pytest.raises(data.DataError) as top_n_error:
+        data.split_top_n(data.load_ratings(path), heldout_users=1)
+    assert str(top_n_error.value) == str(rating_error.value)
+
+
+def test_main_shows_a_duplicate_as_one_error_line(tmp_path):
+    users, items, values, times = planted_top_n_rows(n_users=60)
+    write_ratings(tmp_path / "ratings.dat", np.append(users, users[3]),
+                  np.append(items, items[3]), np.append(values, 1), np.append(times, 1))
+    done = run_main("ESAE-PyTorch", "--data-dir", tmp_path, "--heldout-users", "10",
+                    "--comet", "off", "--out-dir", tmp_path / "run")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'ratings.dat'}, line {len(users) + 1}: user {users[3]} "
+        f"rated movie {items[3]} already on line 4"]
+    assert not (tmp_path / "run").exists()
