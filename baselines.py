@@ -11,7 +11,7 @@ Owns four baselines, their small validation searches and their run folders:
 The split and metric code is not copied: the files of ESAE-PyTorch (top-N) and
 AutoRec-TensorFlow (rating) are loaded by path under unique module names, so a baseline's
 users, items and pairs are those of the models for the same seed. The protocols are those
-of the README ("Evaluation protocols"). A run writes config.json, metrics.jsonl (one line
+of PROTOCOLS.md. A run writes config.json, metrics.jsonl (one line
 per validation candidate), results.json (the models' shape) and test_per_user.csv (top-N)
 or test_predictions.csv (rating). Usage: python baselines.py --help
 """

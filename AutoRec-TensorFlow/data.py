@@ -225,7 +225,7 @@ class RatingSplit:
 
 
 def split_ratings(ratings, seed=1994):
-    """Protocol A of DESIGN.md section 3: a random 81/9/10 split of all rows, in file order.
+    """Protocol A of PROTOCOLS.md: a random 81/9/10 split of all rows, in file order.
 
     perm = RandomState(seed).permutation(N); test = perm[:round(0.1 N)], validation = the
     next round(0.1 (N - n_test)) rows, train = the rest. Rows and columns cover every user

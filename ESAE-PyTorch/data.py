@@ -224,7 +224,7 @@ class TopNSplit:
 
 def split_top_n(ratings, seed=98765, min_rating=4, heldout_users=600, holdout="random",
                 min_positives=5):
-    """Protocol B of DESIGN.md section 4, deterministic for a seed."""
+    """Protocol B of PROTOCOLS.md (top-N ranking), deterministic for a seed."""
     if holdout not in ("random", "temporal"):
         raise ValueError(f"holdout must be 'random' or 'temporal', not {holdout!r}")
     if holdout == "temporal" and ratings.timestamps is None:
