@@ -1,19 +1,15 @@
 """CDAE-PyTorch: train and evaluate the Collaborative Denoising Auto-Encoder (Wu et al.,
-WSDM 2016) on MovieLens-1M, Protocol B (strong generalisation, top-N ranking).
+WSDM 2016) on MovieLens-1M, Protocol B of PROTOCOLS.md (top-N ranking under strong
+generalisation).
 
-Owns the command line, the training loop with early stopping on validation NDCG@100, the
-fold-in of held-out users' vectors, the single test evaluation, the run folder (config.json,
-metrics.jsonl, results.json, checkpoints) and CometML logging.
-Usage: python CDAE-PyTorch/main.py --help
+The experiment: command line, data, the network, the training loop with early stopping on
+validation NDCG@100, the fold-in of held-out users' vectors, the single test evaluation
+and the results. The run folder (config.json, metrics.jsonl, results.json, checkpoints),
+--resume and CometML logging use runs.py. Usage: python CDAE-PyTorch/main.py --help
 """
 import argparse
-import json
-import math
-import os
-import resource
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -22,13 +18,11 @@ from tqdm import tqdm
 import data
 import metrics
 import model
+import runs
+from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
 FOLDER = Path(__file__).resolve().parent
 SELECTION_METRIC = "ndcg@100"
-COMET_PROJECT = "autoencoders-movielens1m"
-# Flags that --resume takes from the command line; every other one comes from config.json.
-RESUME_OVERRIDES = ("epochs", "device", "threads", "comet", "quiet", "no_download",
-                    "data_dir")
 
 
 class Diverged(Exception):
@@ -38,59 +32,11 @@ class Diverged(Exception):
 # ---------------------------------------------------------------- command line
 
 
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
-    return value
-
-
-def probability(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
-    return value
-
-
-def positive_int_list(text):
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, not {text}")
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be positive, not {text}")
-    return values
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
-    return value
-
-
-def make_parser():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="CDAE (Wu et al. 2016) on MovieLens-1M: top-N ranking under strong "
-                    "generalisation (DESIGN.md Protocol B).")
-    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(),
-                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
-    parser.add_argument("--out-dir", type=Path,
-                        help="run folder (default: runs/CDAE-PyTorch/<timestamp>/)")
+                    "generalisation (PROTOCOLS.md, Protocol B).")
+    runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--seed", type=non_negative_int, default=98765,
                         help="seed of the split, the initial weights and the training noise")
     parser.add_argument("--epochs", type=positive_int, default=80,
@@ -100,7 +46,7 @@ def make_parser():
     parser.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate")
     parser.add_argument("--optimizer", choices=("adam", "adagrad"), default="adam")
     parser.add_argument("--hidden", type=positive_int, default=50, help="hidden units")
-    parser.add_argument("--dropout", type=probability, default=0.5,
+    parser.add_argument("--dropout", type=runs.dropout_rate, default=0.5,
                         help="corruption level q: share of input entries zeroed")
     parser.add_argument("--loss", choices=("sampled", "full"), default="sampled",
                         help="BCE on observed items plus sampled negatives, or on all items")
@@ -119,52 +65,12 @@ def make_parser():
                              "validation NDCG@100")
     parser.add_argument("--eval-every", type=positive_int, default=2,
                         help="evaluate on the validation users every this many epochs")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue the interrupted run in RUN_DIR (its config.json)")
-    parser.add_argument("--holdout", choices=("random", "temporal"), default="random",
-                        help="targets: a random 20%% of each held-out user's positives, "
-                             "or the latest 20%%")
-    parser.add_argument("--min-rating", type=non_negative_int, default=4,
-                        help="ratings at or above this are positives; 0 keeps every rating")
-    parser.add_argument("--heldout-users", type=positive_int, default=600,
-                        help="number of validation users, and of test users")
-    parser.add_argument("--ks", type=positive_int_list, default=list(metrics.DEFAULT_KS),
-                        help="cut-offs K of the reported metrics (default: 10,20,50,100)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    runs.add_top_n_arguments(parser, metrics.DEFAULT_KS)
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="CPU threads of torch (default 1: the network is small, and "
                              "two threads on a busy 2-core machine ran ten times slower)")
-    parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
-                        default="auto",
-                        help="auto: online when an API key is configured, else offline")
-    parser.add_argument("--no-download", action="store_true",
-                        help="never download MovieLens-1M; fail if it is missing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def parse_args(argv=None):
-    """Parsed flags; with --resume, config.json of the run supplies all but RESUME_OVERRIDES
-    (which it supplies too unless given on the command line)."""
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if args.resume is None:
-        return args
-    config_path = args.resume / "config.json"
-    if not config_path.is_file():
-        parser.error(f"--resume {args.resume}: no config.json there")
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    explicit = vars(parser.parse_args(argv))
-    config = json.loads(config_path.read_text())
-    for name in vars(args):
-        if name in ("resume", "out_dir") or name not in config:
-            continue
-        if not (name in RESUME_OVERRIDES and name in explicit):
-            value = config[name]
-            setattr(args, name, Path(value) if name == "data_dir" else value)
-    args.out_dir = args.resume
-    return args
+    runs.add_run_arguments(parser)
+    return runs.parse_with_resume(parser, argv)
 
 
 def pick_device(choice):
@@ -177,75 +83,6 @@ def pick_device(choice):
 
 def model_name(args):
     return "DAE" if args.no_user_node else "CDAE"
-
-
-# ---------------------------------------------------------------- run folder
-
-
-def make_run_dir(out_dir):
-    if out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        out_dir = FOLDER.parent / "runs" / FOLDER.name / stamp
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
-def write_atomic(path, write):
-    """Call write(tmp_path), then rename tmp_path onto path: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def append_jsonl(path, obj):
-    with open(path, "a") as out:
-        out.write(json.dumps(obj) + "\n")
-
-
-def peak_memory_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ---------------------------------------------------------------- CometML
-
-
-def start_comet(mode, run_dir, hyperparameters, name):
-    """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
-    if mode == "off":
-        return None
-    # Unless told otherwise, comet_ml sends its own error reports to Comet's Sentry from a
-    # random half of all processes, offline runs included (and retries noisily offline).
-    os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
-    import comet_ml
-    has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
-    if mode == "online" and not has_key:
-        sys.exit("error: --comet online needs an API key: set COMET_API_KEY or write "
-                 "~/.comet.config (see README.md)")
-    settings = dict(project_name=os.environ.get("COMET_PROJECT_NAME", COMET_PROJECT),
-                    log_code=False, parse_args=False, log_git_metadata=False,
-                    log_git_patch=False, auto_output_logging=False, display_summary_level=0)
-    if has_key and mode in ("online", "auto"):
-        experiment = comet_ml.Experiment(**settings)
-    else:
-        experiment = comet_ml.OfflineExperiment(offline_directory=str(run_dir), **settings)
-    experiment.set_name(f"{name} {run_dir.name}")
-    experiment.log_parameters(hyperparameters)
-    return experiment
-
-
-def finish_comet(experiment, run_dir):
-    if experiment is None:
-        return
-    offline = not hasattr(experiment, "url") or experiment.url is None
-    experiment.end()
-    if offline:
-        for archive in sorted(run_dir.glob("*.zip")):
-            print(f"Comet offline archive written; upload it with: comet upload {archive}")
 
 
 # ---------------------------------------------------------------- training
@@ -309,12 +146,6 @@ def evaluate(net, fold_in_x, held_out, args, ks, per_user_csv=None):
     return metrics.average([per_user])
 
 
-def summary_line(label, values):
-    shown = ", ".join(f"{name} {values[name]:.4f}" for name in
-                      ("precision@20", "recall@20", "ndcg@100") if name in values)
-    return f"{label}: {shown}"
-
-
 def fresh_state():
     return {"epoch": 0, "best_epoch": None, "best_validation": None, "bad_evaluations": 0,
             "history": []}
@@ -322,12 +153,12 @@ def fresh_state():
 
 def save_checkpoint(path, net, optimiser, state):
     checkpoint = {**state, "model": net.state_dict(), "optimizer": optimiser.state_dict()}
-    write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
+    runs.write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(run_dir, net, optimiser, device, lr):
-    """Training state of run_dir/last.pt (weights and optimiser loaded), or a fresh one
-    when the interrupted run had not reached its first evaluation."""
+    """Training state of run_dir/last.pt (weights and optimiser restored onto device,
+    whatever device wrote it), or a fresh one when no evaluation had finished."""
     path = run_dir / "last.pt"
     if not path.is_file():
         return fresh_state()
@@ -346,17 +177,15 @@ def train(net, optimiser, state, split, args, ks, run_dir, experiment, device):
     while state["epoch"] < args.epochs and state["bad_evaluations"] < args.patience:
         epoch = state["epoch"] + 1
         train_loss = train_epoch(net, optimiser, split.train, args, epoch, device)
-        if experiment is not None:
-            experiment.log_metric("train_loss", train_loss, step=epoch)
+        runs.log_epoch(experiment, epoch, {"train_loss": train_loss})
         state["epoch"] = epoch
         if epoch % args.eval_every and epoch != args.epochs:
             continue
         validation = evaluate(net, fold_in_x, split.validation, args, ks)
         record = {"epoch": epoch, "train_loss": train_loss, "validation": validation}
         state["history"].append(record)
-        append_jsonl(run_dir / "metrics.jsonl", record)
-        if experiment is not None:
-            experiment.log_metrics(validation, prefix="val", step=epoch)
+        runs.append_jsonl(run_dir / "metrics.jsonl", record)
+        runs.log_epoch(experiment, epoch, {}, validation)
         best = state["best_validation"]
         if best is None or validation[SELECTION_METRIC] > best[SELECTION_METRIC]:
             state.update(best_epoch=epoch, best_validation=validation, bad_evaluations=0)
@@ -364,12 +193,13 @@ def train(net, optimiser, state, split, args, ks, run_dir, experiment, device):
         else:
             state["bad_evaluations"] += 1
         save_checkpoint(run_dir / "last.pt", net, optimiser, state)
-        tqdm.write(summary_line(f"epoch {epoch} loss {train_loss:.4f} validation", validation))
+        tqdm.write(runs.summary_line(f"epoch {epoch} loss {train_loss:.4f} validation", validation))
     return state
 
 
 def run(args):
     started = time.time()
+    runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
     ks = sorted(set(args.ks) | {100})
@@ -378,55 +208,45 @@ def run(args):
     ratings = data.load_ratings(ratings_path)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
-    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
-    config = {**{k: str(v.resolve()) if isinstance(v, Path) else v
-                 for k, v in vars(args).items()},
-              "model": model_name(args), "device_used": str(device),
-              "n_train_users": len(split.train_user_ids), "n_items": split.n_items,
-              "data_sha256": ratings.sha256}
+    run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
     if args.resume is not None:
-        previous = json.loads((run_dir / "config.json").read_text())
-        if previous["data_sha256"] != ratings.sha256:
-            raise data.DataError(f"{ratings_path} differs from the file the run in {run_dir} "
-                                 f"was trained on (sha256 {previous['data_sha256']})")
-    write_json(run_dir / "config.json", {**config, "resume": None})
-    experiment = start_comet(args.comet, run_dir, config, model_name(args))
+        runs.check_same_data(run_dir, ratings.sha256, ratings_path)
+    config = {**runs.config_values(args), "resume": None, "model": model_name(args),
+              "device_used": str(device), "n_train_users": len(split.train_user_ids),
+              "n_items": split.n_items, "data_sha256": ratings.sha256}
+    runs.write_json(run_dir / "config.json", config)
+    experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
+        model_name(args), FOLDER.name, "B", args.holdout, args.seed))
 
     net, optimiser = build(args, split.n_items, len(split.train_user_ids), device)
-    state = (load_checkpoint(run_dir, net, optimiser, device, args.lr)
-             if args.resume is not None else fresh_state())
+    state = fresh_state()
+    if args.resume is not None:
+        state = load_checkpoint(run_dir, net, optimiser, device, args.lr)
+        print(runs.starting_message(run_dir, state["epoch"]))
     # a resumed run repeats the epochs after its last checkpoint: drop their old lines
-    write_atomic(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(
-        "".join(json.dumps(record) + "\n" for record in state["history"])))
+    runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
     try:
         state = train(net, optimiser, state, split, args, ks, run_dir, experiment, device)
     except Diverged as error:
         kept = (f"best checkpoint (epoch {state['best_epoch']}) kept at {run_dir / 'best.pt'}"
                 if state["best_epoch"] is not None else "no checkpoint had been written yet")
-        if experiment is not None:
-            experiment.end()
+        runs.finish_comet(experiment, run_dir)
         sys.exit(f"error: {error}; {kept}")
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     net.load_state_dict(best["model"])
     test_x = torch.from_numpy(split.test.fold_in.toarray()).to(device)
     test = evaluate(net, test_x, split.test, args, ks, run_dir / "test_per_user.csv")
-    print(summary_line(f"test (epoch {state['best_epoch']})", test))
+    print(runs.summary_line(f"test (epoch {state['best_epoch']})", test))
 
     results = {"model": model_name(args), "folder": FOLDER.name, "protocol": "B",
                "holdout": args.holdout, "test": test, "validation": state["best_validation"],
                "best_epoch": state["best_epoch"], "selected": {},
                "epochs_run": state["epoch"],
                "wall_seconds": round(time.time() - started, 2),
-               "peak_memory_mb": round(peak_memory_mb(), 1), "seed": args.seed,
+               "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
                "data_sha256": ratings.sha256, "device": str(device)}
-    write_json(run_dir / "results.json", results)
-    if experiment is not None:
-        experiment.log_metrics(test, prefix="test")
-        experiment.log_metric("wall_seconds", results["wall_seconds"])
-        experiment.log_metric("best_epoch", state["best_epoch"])
-    finish_comet(experiment, run_dir)
-    print(f"results written to {run_dir / 'results.json'}")
+    runs.finish_run(experiment, run_dir, results, run_dir / "best.pt", args.comet_log_model)
     return results
 
 

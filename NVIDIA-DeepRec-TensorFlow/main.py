@@ -1,32 +1,31 @@
 """NVIDIA-DeepRec-TensorFlow: train and evaluate the deep autoencoder of Kuchaiev and
 Ginsburg (2017) on MovieLens-1M.
 
-Rating prediction under Protocol A of DESIGN.md (random 81/9/10 split of all ratings,
-the training matrix as the only network input, clipped global RMSE). Owns the command
-line, the training loop with early stopping on validation RMSE, the single test
-evaluation, the run folder (config.json, metrics.jsonl, results.json, checkpoints),
---resume and CometML logging. Usage: python NVIDIA-DeepRec-TensorFlow/main.py --help
+Rating prediction under Protocol A of PROTOCOLS.md (random 81/9/10 split of all
+ratings, the training matrix as the only network input, clipped global RMSE). The
+experiment: command line, data, the network, the training loop with early stopping on
+validation RMSE, the single test evaluation and the results. The run folder (config.json,
+metrics.jsonl, results.json, checkpoints), --resume and CometML logging use runs.py. Usage: python NVIDIA-DeepRec-TensorFlow/main.py --help
 """
 import argparse
 import contextlib
 import json
 import math
 import os
-import resource
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
 import data
 import metrics
+import runs
+from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
 FOLDER = Path(__file__).resolve().parent
 MODEL_NAME = "DeepRec"
-COMET_PROJECT = "autoencoders-movielens1m"
 DEFAULT_SEED = 1994
 DEFAULT_HIDDEN = "512,512,1024"
 DEFAULT_DROPOUT = 0.8
@@ -93,75 +92,20 @@ class TrainingDiverged(Exception):
 # ---------------------------------------------------------------- command line
 
 
-def positive_float(text):
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
-    return value
-
-
-def decay_factor(text):
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return value
-
-
-def dropout_rate(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
-    return value
-
-
-def layer_sizes(text):
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, not {text}")
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"every layer size must be positive, not {text}")
-    return values
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Deep autoencoder of Kuchaiev and Ginsburg (2017) on MovieLens-1M: "
-                    "rating prediction (DESIGN.md Protocol A).")
-    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(),
-                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
-    parser.add_argument("--out-dir", type=Path,
-                        help="run folder (default: runs/NVIDIA-DeepRec-TensorFlow/<timestamp>/)")
+                    "rating prediction (PROTOCOLS.md, Protocol A).")
+    runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED,
                         help="seed of the split, the initial weights and the batch order")
     parser.add_argument("--variant", choices=("user", "item"), default="user",
                         help="user: encode each user's ratings (the paper); "
                              "item: encode each movie's ratings")
-    parser.add_argument("--hidden", type=layer_sizes, default=DEFAULT_HIDDEN,
+    parser.add_argument("--hidden", type=runs.positive_int_list, default=DEFAULT_HIDDEN,
                         help="encoder layer sizes, the last is the code; the decoder "
                              "mirrors them (default: %(default)s)")
-    parser.add_argument("--dropout", type=dropout_rate, default=DEFAULT_DROPOUT,
+    parser.add_argument("--dropout", type=runs.dropout_rate, default=DEFAULT_DROPOUT,
                         help="dropout probability on the code layer (default: %(default)s)")
     parser.add_argument("--optimizer", choices=("adam", "momentum"), default=DEFAULT_OPTIMIZER,
                         help="Adam, or SGD with momentum 0.9 as in the paper "
@@ -180,7 +124,7 @@ def parse_args(argv=None):
                         help="rows (users or movies) per batch (default: %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
                         help="learning rate of the first epoch (default: %(default)s)")
-    parser.add_argument("--lr-decay", type=decay_factor, default=DEFAULT_LR_DECAY,
+    parser.add_argument("--lr-decay", type=runs.decay_factor, default=DEFAULT_LR_DECAY,
                         help="the learning rate is multiplied by this after each epoch "
                              "(default: %(default)s)")
     parser.add_argument("--patience", type=positive_int, default=DEFAULT_PATIENCE,
@@ -188,35 +132,11 @@ def parse_args(argv=None):
                              "validation RMSE (default: %(default)s)")
     parser.add_argument("--eval-every", type=positive_int, default=1,
                         help="evaluate on validation every this many epochs")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue the interrupted run in RUN_DIR with its own config")
     parser.add_argument("--stop-after", type=positive_int, metavar="EPOCH",
                         help="stop after this epoch's checkpoint as if interrupted "
                              "(to exercise --resume)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
-                        default="auto",
-                        help="auto: online when an API key is configured, else offline")
-    parser.add_argument("--no-download", action="store_true",
-                        help="never download MovieLens-1M; fail if it is missing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    if args.resume is not None:
-        args = resumed_args(parser, args)
-    return args
-
-
-def resumed_args(parser, args):
-    """The interrupted run's own arguments, keeping only this call's run-control flags."""
-    config_path = args.resume / "config.json"
-    if not config_path.is_file():
-        parser.error(f"--resume: {config_path} not found")
-    saved = json.loads(config_path.read_text())["args"]
-    resumed = argparse.Namespace(**{**vars(args), **saved})
-    resumed.data_dir, resumed.out_dir = Path(saved["data_dir"]), args.resume
-    for name in ("resume", "stop_after", "quiet", "comet", "no_download"):
-        setattr(resumed, name, getattr(args, name))
-    return resumed
+    runs.add_run_arguments(parser)
+    return runs.parse_with_resume(parser, argv)
 
 
 def pick_device(choice):
@@ -228,81 +148,6 @@ def pick_device(choice):
         tf.config.set_visible_devices([], "GPU")
         return "/CPU:0"
     return "/GPU:0"
-
-
-# ---------------------------------------------------------------- run folder
-
-
-def make_run_dir(out_dir):
-    if out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        out_dir = FOLDER.parent / "runs" / FOLDER.name / stamp
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
-def write_atomic(path, write):
-    """Call write(tmp_path), then rename tmp_path onto path: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def append_jsonl(path, obj):
-    with open(path, "a") as out:
-        out.write(json.dumps(obj) + "\n")
-
-
-def peak_memory_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ---------------------------------------------------------------- CometML
-
-
-def start_comet(mode, run_dir, hyperparameters):
-    """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
-    if mode == "off":
-        return None
-    # Unless told otherwise, comet_ml sends its own error reports to Comet's Sentry from a
-    # random half of all processes, offline runs included (and retries noisily offline).
-    os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
-    import comet_ml
-    has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
-    if mode == "online" and not has_key:
-        sys.exit("error: --comet online needs an API key: set COMET_API_KEY or write "
-                 "~/.comet.config (see README.md)")
-    settings = dict(project_name=os.environ.get("COMET_PROJECT_NAME", COMET_PROJECT),
-                    log_code=False, parse_args=False, log_git_metadata=False,
-                    log_git_patch=False, auto_output_logging=False, display_summary_level=0)
-    if has_key and mode in ("online", "auto"):
-        experiment = comet_ml.Experiment(**settings)
-    else:
-        experiment = comet_ml.OfflineExperiment(offline_directory=str(run_dir), **settings)
-    experiment.set_name(f"{MODEL_NAME} {run_dir.name}")
-    experiment.log_parameters(hyperparameters)
-    return experiment
-
-
-def finish_comet(experiment, run_dir):
-    if experiment is None:
-        return
-    offline = not hasattr(experiment, "url") or experiment.url is None
-    experiment.end()
-    if offline:
-        for archive in sorted(run_dir.glob("*.zip")):
-            print(f"Comet offline archive written; upload it with: comet upload {archive}")
-
-
-def log_evaluation(experiment, record):
-    if experiment is not None:
-        experiment.log_metric("train_loss", record["train_loss"], step=record["epoch"])
-        experiment.log_metrics(record["validation"], prefix="val", step=record["epoch"])
 
 
 # ---------------------------------------------------------------- model and evaluation
@@ -347,7 +192,7 @@ class Checkpoints:
         if improved:
             state["best"]["checkpoint"] = self.best.save(checkpoint_number=state["epoch"])
         state["checkpoint"] = self.last.save(checkpoint_number=state["epoch"])
-        write_json(self.state_path, state)
+        runs.write_json(self.state_path, state)
 
     def load_state(self):
         """The saved training state with weights and optimiser restored, or None."""
@@ -382,16 +227,14 @@ def train(args, split, network, inputs, trainer, checkpoints, state, experiment,
             loss = trainer.train_epoch(args.batch_size, args.seed, epoch, progress)
         if not math.isfinite(loss):
             raise TrainingDiverged(diverged_message(loss, epoch, state))
-        if experiment is not None:
-            experiment.log_metric("train_loss", loss, step=epoch)
+        runs.log_epoch(experiment, epoch, {"train_loss": loss})
         if epoch % args.eval_every and epoch != args.epochs:
             continue
         validation = evaluate(network, inputs, split.validation, split, args.variant)
         record = {"epoch": epoch, "train_loss": loss, "validation": validation}
         state["history"].append(record)
-        append_jsonl(run_dir / "metrics.jsonl", record)
-        if experiment is not None:
-            experiment.log_metrics(validation, prefix="val", step=epoch)
+        runs.append_jsonl(run_dir / "metrics.jsonl", record)
+        runs.log_epoch(experiment, epoch, {}, validation)
         best = state["best"]
         improved = best["validation"] is None or validation["rmse"] < best["validation"]["rmse"]
         if improved:
@@ -426,22 +269,23 @@ def run(args):
                                             quiet=args.quiet)
     ratings = data.load_ratings(ratings_path)
     split = data.split_ratings(ratings, seed=args.seed)
-    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
     load_tensorflow()
-    device = pick_device(args.device)
+    device = pick_device(args.device)  # refuse --device cuda without a GPU before writing
     tf.config.experimental.enable_op_determinism()
-    config = {"args": {k: str(v.resolve()) if isinstance(v, Path) else v
-                        for k, v in vars(args).items()},
-              "model": MODEL_NAME, "device": device, "n_users": len(split.user_ids),
+    run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data and device are good
+    if args.resume is not None:
+        runs.check_same_data(run_dir, ratings.sha256, ratings_path)
+    config = {"args": {**runs.config_values(args), "resume": None}, "model": MODEL_NAME,
+              "device": args.device, "device_used": device, "n_users": len(split.user_ids),
               "n_items": len(split.item_ids), "n_train": int(split.train.nnz),
               "n_validation": len(split.validation), "n_test": len(split.test),
               "data_sha256": ratings.sha256}
-    if args.resume is None:
-        write_json(run_dir / "config.json", config)
+    runs.write_json(run_dir / "config.json", config)
     hyperparameters = {**{k: v for k, v in config["args"].items()
                           if k not in ("resume", "stop_after", "out_dir")},
                        **{k: v for k, v in config.items() if k != "args"}}
-    experiment = start_comet(args.comet, run_dir, hyperparameters)
+    experiment = runs.start_comet(args.comet, run_dir, hyperparameters, runs.run_labels(
+        MODEL_NAME, FOLDER.name, "A", "random", args.seed))
 
     with tf.device(device):
         inputs = network_input(split, args.variant)
@@ -450,25 +294,23 @@ def run(args):
         trainer = model.Trainer(network, inputs, args.optimizer, args.lr, args.weight_decay,
                                 args.refeed, args.clip_norm, args.lr_decay)
         checkpoints = Checkpoints(run_dir, network, trainer.optimizer)
-        state = checkpoints.load_state() if args.resume is not None else None
-        if state is None:
-            state = initial_state()
-            (run_dir / "metrics.jsonl").write_text("")
-        else:
-            write_atomic(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(
-                "".join(json.dumps(r) + "\n" for r in state["history"])))
-            for record in state["history"]:
-                log_evaluation(experiment, record)
-            print(f"resumed {run_dir} after epoch {state['epoch']}")
+        state = (checkpoints.load_state() if args.resume is not None else None) or \
+            initial_state()
+        if args.resume is not None:
+            print(runs.starting_message(run_dir, state["epoch"]))
+        runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
+        for record in state["history"]:  # the resumed experiment's curves start at epoch 1
+            runs.log_epoch(experiment, record["epoch"], {"train_loss": record["train_loss"]},
+                           record["validation"])
         previous_wall = state["wall_seconds"]
         try:
             finished = train(args, split, network, inputs, trainer, checkpoints, state,
                              experiment, run_dir)
         except TrainingDiverged:
-            finish_comet(experiment, run_dir)
+            runs.finish_comet(experiment, run_dir)
             raise
         if not finished:
-            finish_comet(experiment, run_dir)
+            runs.finish_comet(experiment, run_dir)
             return None
         checkpoints.restore_best(state)
         test = evaluate(network, inputs, split.test, split, args.variant,
@@ -481,15 +323,10 @@ def run(args):
                "variant": args.variant, "test": test, "validation": best["validation"],
                "best_epoch": best["epoch"], "selected": {},
                "wall_seconds": round(previous_wall + time.time() - started, 2),
-               "peak_memory_mb": round(peak_memory_mb(), 1), "seed": args.seed,
+               "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
                "data_sha256": ratings.sha256, "device": device}
-    write_json(run_dir / "results.json", results)
-    if experiment is not None:
-        experiment.log_metrics(test, prefix="test")
-        experiment.log_metric("wall_seconds", results["wall_seconds"])
-        experiment.log_metric("best_epoch", best["epoch"])
-    finish_comet(experiment, run_dir)
-    print(f"results written to {run_dir / 'results.json'}")
+    runs.finish_run(experiment, run_dir, results, run_dir / "checkpoints" / "best",
+                    args.comet_log_model)
     return results
 
 

@@ -1,20 +1,17 @@
 """SVAE-PyTorch: train and evaluate the sequential VAE (Sachdeva et al. 2019) on
-MovieLens-1M, Protocol B.
+MovieLens-1M, Protocol B of PROTOCOLS.md (top-N ranking under strong generalisation).
 
-Owns the command line, the batched training loop (users of similar length batched
-together, padded, truncated back-propagation through time), KL annealing, early stopping
-on validation NDCG@100, the single test evaluation of the best weights, the run folder
-(config.json, metrics.jsonl, results.json, last.pt and best.pt checkpoints), resuming, and
-CometML logging. Usage: python SVAE-PyTorch/main.py --help
+The experiment: command line, data, the network, the batched training loop (users of
+similar length batched together, padded, truncated back-propagation through time), KL
+annealing, early stopping on validation NDCG@100, the single test evaluation of the best
+weights and the results. The run folder (config.json, metrics.jsonl, results.json, last.pt
+and best.pt), --resume and CometML logging use runs.py.
+Usage: python SVAE-PyTorch/main.py --help
 """
 import argparse
-import json
 import math
-import os
-import resource
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +21,12 @@ from tqdm import tqdm
 import data
 import metrics
 import model
+import runs
+from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
 FOLDER = Path(__file__).resolve().parent
 MODEL_NAME = "SVAE"
 SELECTION_METRIC = "ndcg@100"
-COMET_PROJECT = "autoencoders-movielens1m"
 DEFAULT_EPOCHS = 12
 DEFAULT_ANNEAL_CAP = {"temporal": 0.05, "random": 1.0}  # chosen per hold-out (README.md)
 EVAL_BATCH_USERS = 256
@@ -47,76 +45,21 @@ class Diverged(Exception):
 # ---------------------------------------------------------------- command line
 
 
-def positive_float(text):
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
-    return value
-
-
-def dropout_rate(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
-    return value
-
-
-def decay_factor(text):
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return value
-
-
-def positive_int_list(text):
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, not {text}")
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be positive, not {text}")
-    return values
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="SVAE, the sequential VAE (Sachdeva et al. 2019), on MovieLens-1M: "
-                    "top-N ranking under strong generalisation (DESIGN.md Protocol B).")
-    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(),
-                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
-    parser.add_argument("--out-dir", type=Path,
-                        help="run folder (default: runs/SVAE-PyTorch/<timestamp>/)")
+                    "top-N ranking under strong generalisation (PROTOCOLS.md, Protocol B).")
+    runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--seed", type=non_negative_int, default=98765,
                         help="seed of the split, the initial weights and every epoch's noise")
-    parser.add_argument("--epochs", type=positive_int,
-                        help=f"most epochs (default {DEFAULT_EPOCHS}); with --resume, "
-                             f"a new total for the resumed run")
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
+                        help="most epochs (default %(default)s); with --resume, a new total "
+                             "for the resumed run")
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="users per update (users of similar length are batched together)")
     parser.add_argument("--lr", type=positive_float, default=2e-3,
                         help="Adam learning rate of the first epoch")
-    parser.add_argument("--lr-decay", type=decay_factor, default=0.85,
+    parser.add_argument("--lr-decay", type=runs.decay_factor, default=0.85,
                         help="the learning rate of epoch e is lr * lr_decay ** (e - 1) "
                              "(1: constant)")
     parser.add_argument("--weight-decay", type=non_negative_float, default=1e-4,
@@ -126,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--hidden-dim", type=positive_int, default=150,
                         help="hidden layer of the encoder and of the decoder MLP")
     parser.add_argument("--latent-dim", type=positive_int, default=64, help="latent z size")
-    parser.add_argument("--dropout", type=dropout_rate, default=0.0,
+    parser.add_argument("--dropout", type=runs.dropout_rate, default=0.0,
                         help="dropout on the item embeddings and on the GRU outputs")
     parser.add_argument("--next-k", type=positive_int, default=4,
                         help="each step predicts the user's next k items")
@@ -155,56 +98,18 @@ def parse_args(argv=None):
                              "NDCG@100")
     parser.add_argument("--eval-every", type=positive_int, default=1,
                         help="evaluate (and checkpoint) every this many epochs")
-    parser.add_argument("--holdout", choices=("random", "temporal"), default="random",
-                        help="targets: a random 20%% of each held-out user's positives "
-                             "(fold-in items stay in time order), or the latest 20%%")
-    parser.add_argument("--min-rating", type=non_negative_int, default=4,
-                        help="ratings at or above this are positives; 0 keeps every rating")
-    parser.add_argument("--heldout-users", type=positive_int, default=600,
-                        help="number of validation users, and of test users")
-    parser.add_argument("--ks", type=positive_int_list, default=list(metrics.DEFAULT_KS),
-                        help="cut-offs K of the reported metrics (default: 10,20,50,100)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    runs.add_top_n_arguments(parser, metrics.DEFAULT_KS)
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="CPU threads of PyTorch (default 1: the GRU's small per-step "
                              "products gain nothing from more, and lose much on a busy "
                              "machine)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last checkpoint (its "
-                             "config.json is reused; only --epochs, --comet, --quiet, "
-                             "--threads may change)")
-    parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
-                        default="auto",
-                        help="auto: online when an API key is configured, else offline")
-    parser.add_argument("--no-download", action="store_true",
-                        help="never download MovieLens-1M; fail if it is missing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    runs.add_run_arguments(parser)
+    args = runs.parse_with_resume(parser, argv)
+    if args.resume is not None and "lr_decay" not in runs.saved_config(args.resume):
+        args.lr_decay = 1.0  # a run made before --lr-decay existed: a constant rate
     if args.anneal_cap is None:
         args.anneal_cap = DEFAULT_ANNEAL_CAP[args.holdout]
     return args
-
-
-KEPT_ON_RESUME = ("resume", "comet", "quiet", "threads")
-
-
-def resumed_args(args):
-    """The arguments of the run in args.resume (its config.json); --epochs may grow."""
-    config_path = args.resume / "config.json"
-    if not config_path.is_file():
-        raise TrainingError(f"--resume {args.resume}: no config.json there")
-    config = json.loads(config_path.read_text())
-    restored = argparse.Namespace(**vars(args))
-    for name in vars(args):
-        if name in config and name not in KEPT_ON_RESUME:
-            if name == "epochs" and args.epochs is not None:
-                continue
-            setattr(restored, name, config[name])
-    if "lr_decay" not in config:  # made before --lr-decay existed: a constant rate
-        restored.lr_decay = 1.0
-    restored.data_dir = Path(restored.data_dir)
-    restored.out_dir = args.resume
-    return restored
 
 
 def pick_device(choice):
@@ -213,75 +118,6 @@ def pick_device(choice):
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
-
-
-# ---------------------------------------------------------------- run folder
-
-
-def make_run_dir(out_dir):
-    if out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        out_dir = FOLDER.parent / "runs" / FOLDER.name / stamp
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
-def write_atomic(path, write):
-    """Call write(tmp_path), then rename tmp_path onto path: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def append_jsonl(path, obj):
-    with open(path, "a") as out:
-        out.write(json.dumps(obj) + "\n")
-
-
-def peak_memory_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ---------------------------------------------------------------- CometML
-
-
-def start_comet(mode, run_dir, hyperparameters):
-    """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
-    if mode == "off":
-        return None
-    # Unless told otherwise, comet_ml sends its own error reports to Comet's Sentry from a
-    # random half of all processes, offline runs included (and retries noisily offline).
-    os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
-    import comet_ml
-    has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
-    if mode == "online" and not has_key:
-        sys.exit("error: --comet online needs an API key: set COMET_API_KEY or write "
-                 "~/.comet.config (see README.md)")
-    settings = dict(project_name=os.environ.get("COMET_PROJECT_NAME", COMET_PROJECT),
-                    log_code=False, parse_args=False, log_git_metadata=False,
-                    log_git_patch=False, auto_output_logging=False, display_summary_level=0)
-    if has_key and mode in ("online", "auto"):
-        experiment = comet_ml.Experiment(**settings)
-    else:
-        experiment = comet_ml.OfflineExperiment(offline_directory=str(run_dir), **settings)
-    experiment.set_name(f"{MODEL_NAME} {run_dir.name}")
-    experiment.log_parameters(hyperparameters)
-    return experiment
-
-
-def finish_comet(experiment, run_dir):
-    if experiment is None:
-        return
-    offline = not hasattr(experiment, "url") or experiment.url is None
-    experiment.end()
-    if offline:
-        for archive in sorted(run_dir.glob("*.zip")):
-            print(f"Comet offline archive written; upload it with: comet upload {archive}")
 
 
 # ---------------------------------------------------------------- batches
@@ -323,7 +159,8 @@ def set_epoch_lr(optimizer, args, epoch):
         group["lr"] = args.lr * args.lr_decay ** (epoch - 1)
 
 
-def anneal_beta(step, cap, total_steps):
+def linear_beta(step, cap, total_steps):
+    """KL weight after `step` updates: rises linearly from 0 to cap over total_steps."""
     return cap if total_steps <= 0 else min(cap, cap * step / total_steps)
 
 
@@ -345,7 +182,7 @@ def train_epoch(net, optimizer, seqs, epoch, step, args, n_items, device):
         items, targets, weights, n_steps = to_tensors([seqs[u] for u in batch], n_items,
                                                       args.next_k, device, args.loss_steps,
                                                       shuffler)
-        beta = anneal_beta(step, args.anneal_cap, total_steps)
+        beta = linear_beta(step, args.anneal_cap, total_steps)
         optimizer.zero_grad()
         loss, nll, kl = model.batch_loss(net, items, targets, weights, n_steps, beta,
                                          args.bptt, backward=True)
@@ -388,17 +225,11 @@ def evaluate(net, held_out, ks, n_items, device, score="last", per_user_csv=None
     return metrics.average([per_user])
 
 
-def summary_line(label, values):
-    shown = ", ".join(f"{name} {values[name]:.4f}" for name in
-                      ("precision@20", "recall@20", "ndcg@100") if name in values)
-    return f"{label}: {shown}"
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(path, obj):
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    runs.write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def fresh_state():
@@ -406,12 +237,11 @@ def fresh_state():
 
 
 def load_last(run_dir, net, optimizer, device):
-    """Restore net and optimizer from run_dir/last.pt; returns the loop state."""
-    path = run_dir / "last.pt"
-    if not path.is_file():
-        raise TrainingError(f"--resume {run_dir}: no last.pt there (no evaluation had "
-                            f"finished); start the run again")
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    """The loop state of run_dir/last.pt (net and optimizer restored onto device, whatever
+    device wrote it), or a fresh state when no evaluation had finished."""
+    if not (run_dir / "last.pt").is_file():
+        return fresh_state()
+    checkpoint = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
     net.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     return checkpoint["state"]
@@ -429,7 +259,7 @@ def record_evaluation(run_dir, net, optimizer, state, line, item_ids, patience):
     else:
         state["bad_evals"] += 1
     state["history"].append(line)
-    append_jsonl(run_dir / "metrics.jsonl", line)
+    runs.append_jsonl(run_dir / "metrics.jsonl", line)
     save_checkpoint(run_dir / "last.pt", {"model": net.state_dict(),
                                           "optimizer": optimizer.state_dict(), "state": state})
     return state["bad_evals"] >= patience
@@ -446,22 +276,10 @@ def diverged_message(error, run_dir, state):
 # ---------------------------------------------------------------- run
 
 
-def build_model(args, n_items, device):
-    torch.manual_seed(args.seed)
-    net = model.SVAE(n_items, args.embed_dim, args.rnn_dim, args.hidden_dim, args.latent_dim,
-                     args.dropout).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    return net, optimizer
-
-
 def run(args):
     started = time.time()
-    if args.resume is not None:
-        args = resumed_args(args)
-    if args.epochs is None:
-        args.epochs = DEFAULT_EPOCHS
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
+    torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     ks = sorted(set(args.ks) | {100})
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
@@ -470,29 +288,30 @@ def run(args):
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     train_seqs = [seq for seq in split.train_seqs if len(seq) >= 2]  # >= 1 step with a target
-    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
-    config = {**{k: str(v.resolve()) if isinstance(v, Path) else v  # resumable from any cwd
-                 for k, v in vars(args).items()},
-              "model": MODEL_NAME, "device": str(device),
-              "n_train_users": len(train_seqs), "n_items": split.n_items,
-              "data_sha256": ratings.sha256}
-    if args.resume is None:
-        write_json(run_dir / "config.json", config)
-    experiment = start_comet(args.comet, run_dir, config)
-
-    net, optimizer = build_model(args, split.n_items, device)
-    state = fresh_state()
+    run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
     if args.resume is not None:
-        state = load_last(run_dir, net, optimizer, device)
-        write_atomic(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(
-            "".join(json.dumps(line) + "\n" for line in state["history"])))
-        print(f"resuming {run_dir} after epoch {state['epoch']}")
+        runs.check_same_data(run_dir, ratings.sha256, ratings_path)
+    config = {**runs.config_values(args), "resume": None, "model": MODEL_NAME,
+              "device_used": str(device), "n_train_users": len(train_seqs),
+              "n_items": split.n_items, "data_sha256": ratings.sha256}
+    runs.write_json(run_dir / "config.json", config)
+    experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
+        MODEL_NAME, FOLDER.name, "B", args.holdout, args.seed))
+
+    torch.manual_seed(args.seed)
+    net = model.SVAE(split.n_items, args.embed_dim, args.rnn_dim, args.hidden_dim,
+                     args.latent_dim, args.dropout).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    state = fresh_state() if args.resume is None else load_last(run_dir, net, optimizer, device)
+    if args.resume is not None:
+        print(runs.starting_message(run_dir, state["epoch"]))
+    runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
 
     try:
         train_loop(args, net, optimizer, split, train_seqs, state, ks, device, run_dir,
                    experiment)
     except Diverged as error:
-        finish_comet(experiment, run_dir)
+        runs.finish_comet(experiment, run_dir)
         raise TrainingError(diverged_message(error, run_dir, state)) from None
 
     best = state["best"]
@@ -500,21 +319,15 @@ def run(args):
     net.load_state_dict(checkpoint["model"])
     test = evaluate(net, split.test, ks, split.n_items, device, args.score,
                     run_dir / "test_per_user.csv")
-    print(summary_line(f"test (epoch {best['epoch']})", test))
+    print(runs.summary_line(f"test (epoch {best['epoch']})", test))
 
     results = {"model": MODEL_NAME, "folder": FOLDER.name, "protocol": "B",
                "holdout": args.holdout, "test": test, "validation": best["validation"],
                "best_epoch": best["epoch"], "selected": {},
                "wall_seconds": round(time.time() - started, 2),
-               "peak_memory_mb": round(peak_memory_mb(), 1), "seed": args.seed,
+               "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
                "data_sha256": ratings.sha256, "device": str(device)}
-    write_json(run_dir / "results.json", results)
-    if experiment is not None:
-        experiment.log_metrics(test, prefix="test")
-        experiment.log_metric("wall_seconds", results["wall_seconds"])
-        experiment.log_metric("best_epoch", best["epoch"])
-    finish_comet(experiment, run_dir)
-    print(f"results written to {run_dir / 'results.json'}")
+    runs.finish_run(experiment, run_dir, results, run_dir / "best.pt", args.comet_log_model)
     return results
 
 
@@ -530,20 +343,16 @@ def train_loop(args, net, optimizer, split, train_seqs, state, ks, device, run_d
         train_seconds = time.time() - epoch_started
         state["epoch"] = epoch
         lr = optimizer.param_groups[0]["lr"]
-        if experiment is not None:
-            experiment.log_metrics({"train_loss": loss, "train_nll": nll, "train_kl": kl},
-                                   step=epoch)
-            experiment.log_metric("beta", beta, step=epoch)
-            experiment.log_metric("lr", lr, step=epoch)
-            experiment.log_metric("epoch_train_seconds", train_seconds, step=epoch)
+        runs.log_epoch(experiment, epoch, {"train_loss": loss, "train_nll": nll,
+                                           "train_kl": kl, "beta": beta, "lr": lr,
+                                           "epoch_train_seconds": train_seconds})
         if epoch % args.eval_every and epoch != args.epochs:
             continue
         validation = evaluate(net, split.validation, ks, split.n_items, device, args.score)
-        if experiment is not None:
-            experiment.log_metrics(validation, prefix="val", step=epoch)
-        tqdm.write(summary_line(f"epoch {epoch} loss {loss:.3f} (nll {nll:.3f}, kl {kl:.2f}, "
-                                f"beta {beta:.3f}) train {train_seconds:.1f}s validation",
-                                validation))
+        runs.log_epoch(experiment, epoch, {}, validation)
+        tqdm.write(runs.summary_line(f"epoch {epoch} loss {loss:.3f} (nll {nll:.3f}, kl "
+                                     f"{kl:.2f}, beta {beta:.3f}) train {train_seconds:.1f}s "
+                                     f"validation", validation))
         line = {"epoch": epoch, "train_loss": loss, "train_nll": nll, "train_kl": kl,
                 "beta": beta, "lr": lr, "train_seconds": round(train_seconds, 2),
                 "validation": validation}

@@ -1,19 +1,15 @@
 """VAE-PyTorch: train and evaluate Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens-1M,
-Protocol B.
+Protocol B of PROTOCOLS.md (top-N ranking under strong generalisation).
 
-Owns the command line, the training loop with KL annealing, early stopping on validation
-NDCG@100, the single test evaluation of the best weights, the run folder (config.json,
-metrics.jsonl, results.json, last.pt and best.pt checkpoints), resuming, and CometML
-logging. Usage: python VAE-PyTorch/main.py --help
+The experiment: command line, data, the network, the training loop with KL annealing,
+early stopping on validation NDCG@100, the single test evaluation of the best weights and
+the results. The run folder (config.json, metrics.jsonl, results.json, last.pt and best.pt),
+--resume and CometML logging use runs.py. Usage: python VAE-PyTorch/main.py --help
 """
 import argparse
-import json
 import math
-import os
-import resource
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +19,12 @@ from tqdm import tqdm
 import data
 import metrics
 import model
+import runs
+from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
 FOLDER = Path(__file__).resolve().parent
 MODEL_NAMES = {"vae": "Mult-VAE", "dae": "Mult-DAE"}
 SELECTION_METRIC = "ndcg@100"
-COMET_PROJECT = "autoencoders-movielens1m"
 
 
 class TrainingError(Exception):
@@ -43,61 +40,13 @@ class Diverged(Exception):
 # ---------------------------------------------------------------- command line
 
 
-def positive_float(text):
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
-    return value
-
-
-def dropout_rate(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
-    return value
-
-
-def positive_int_list(text):
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, not {text}")
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be positive, not {text}")
-    return values
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens-1M: top-N ranking "
-                    "under strong generalisation (DESIGN.md Protocol B).")
+                    "under strong generalisation (PROTOCOLS.md, Protocol B).")
     parser.add_argument("--model", dest="variant", choices=("vae", "dae"), default="vae",
                         help="vae: Mult-VAE; dae: Mult-DAE (same network, no sampling, no KL)")
-    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir(),
-                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
-    parser.add_argument("--out-dir", type=Path,
-                        help="run folder (default: runs/VAE-PyTorch/<timestamp>/)")
+    runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--seed", type=non_negative_int, default=98765,
                         help="seed of the split, the initial weights and every epoch's noise")
     parser.add_argument("--epochs", type=positive_int, default=200)
@@ -107,7 +56,7 @@ def parse_args(argv=None):
                         help="L2 weight decay of Adam")
     parser.add_argument("--hidden", type=positive_int, default=600, help="hidden layer width")
     parser.add_argument("--latent", type=positive_int, default=200, help="code size")
-    parser.add_argument("--dropout", type=dropout_rate, default=0.5,
+    parser.add_argument("--dropout", type=runs.dropout_rate, default=0.5,
                         help="dropout rate on the normalised input row")
     parser.add_argument("--anneal-cap", type=non_negative_float, default=0.2,
                         help="largest KL weight beta (--anneal-mode cap)")
@@ -124,41 +73,9 @@ def parse_args(argv=None):
                              "NDCG@100")
     parser.add_argument("--eval-every", type=positive_int, default=1,
                         help="evaluate (and checkpoint) every this many epochs")
-    parser.add_argument("--holdout", choices=("random", "temporal"), default="random",
-                        help="targets: a random 20%% of each held-out user's positives, "
-                             "or the latest 20%%")
-    parser.add_argument("--min-rating", type=non_negative_int, default=4,
-                        help="ratings at or above this are positives; 0 keeps every rating")
-    parser.add_argument("--heldout-users", type=positive_int, default=600,
-                        help="number of validation users, and of test users")
-    parser.add_argument("--ks", type=positive_int_list, default=list(metrics.DEFAULT_KS),
-                        help="cut-offs K of the reported metrics (default: 10,20,50,100)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last checkpoint, with its "
-                             "config.json (other flags but --comet and --quiet are ignored)")
-    parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
-                        default="auto",
-                        help="auto: online when an API key is configured, else offline")
-    parser.add_argument("--no-download", action="store_true",
-                        help="never download MovieLens-1M; fail if it is missing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
-
-
-def resumed_args(args):
-    """The arguments of the run in args.resume (its config.json), keeping --comet/--quiet."""
-    config_path = args.resume / "config.json"
-    if not config_path.is_file():
-        raise TrainingError(f"--resume {args.resume}: no config.json there")
-    config = json.loads(config_path.read_text())
-    restored = argparse.Namespace(**vars(args))
-    for name in vars(args):
-        if name in config and name not in ("resume", "comet", "quiet"):
-            setattr(restored, name, config[name])
-    restored.data_dir = Path(restored.data_dir)
-    restored.out_dir = args.resume
-    return restored
+    runs.add_top_n_arguments(parser, metrics.DEFAULT_KS)
+    runs.add_run_arguments(parser)
+    return runs.parse_with_resume(parser, argv)
 
 
 def pick_device(choice):
@@ -167,75 +84,6 @@ def pick_device(choice):
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
-
-
-# ---------------------------------------------------------------- run folder
-
-
-def make_run_dir(out_dir):
-    if out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        out_dir = FOLDER.parent / "runs" / FOLDER.name / stamp
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
-def write_atomic(path, write):
-    """Call write(tmp_path), then rename tmp_path onto path: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def append_jsonl(path, obj):
-    with open(path, "a") as out:
-        out.write(json.dumps(obj) + "\n")
-
-
-def peak_memory_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ---------------------------------------------------------------- CometML
-
-
-def start_comet(mode, run_dir, hyperparameters, model_name):
-    """An Experiment (online), an OfflineExperiment (archive in run_dir) or None (off)."""
-    if mode == "off":
-        return None
-    # Unless told otherwise, comet_ml sends its own error reports to Comet's Sentry from a
-    # random half of all processes, offline runs included (and retries noisily offline).
-    os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
-    import comet_ml
-    has_key = comet_ml.get_config().get_string(None, "comet.api_key") is not None
-    if mode == "online" and not has_key:
-        sys.exit("error: --comet online needs an API key: set COMET_API_KEY or write "
-                 "~/.comet.config (see README.md)")
-    settings = dict(project_name=os.environ.get("COMET_PROJECT_NAME", COMET_PROJECT),
-                    log_code=False, parse_args=False, log_git_metadata=False,
-                    log_git_patch=False, auto_output_logging=False, display_summary_level=0)
-    if has_key and mode in ("online", "auto"):
-        experiment = comet_ml.Experiment(**settings)
-    else:
-        experiment = comet_ml.OfflineExperiment(offline_directory=str(run_dir), **settings)
-    experiment.set_name(f"{model_name} {run_dir.name}")
-    experiment.log_parameters(hyperparameters)
-    return experiment
-
-
-def finish_comet(experiment, run_dir):
-    if experiment is None:
-        return
-    offline = not hasattr(experiment, "url") or experiment.url is None
-    experiment.end()
-    if offline:
-        for archive in sorted(run_dir.glob("*.zip")):
-            print(f"Comet offline archive written; upload it with: comet upload {archive}")
 
 
 # ---------------------------------------------------------------- training
@@ -307,17 +155,11 @@ def evaluate(net, held_out, ks, batch_size, device, per_user_csv=None):
     return metrics.average(per_user)
 
 
-def summary_line(label, values):
-    shown = ", ".join(f"{name} {values[name]:.4f}" for name in
-                      ("precision@20", "recall@20", "ndcg@100") if name in values)
-    return f"{label}: {shown}"
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(path, obj):
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    runs.write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def fresh_state():
@@ -325,7 +167,10 @@ def fresh_state():
 
 
 def load_last(run_dir, net, optimizer, device):
-    """Restore net and optimizer from run_dir/last.pt; returns the loop state."""
+    """The loop state of run_dir/last.pt (net and optimizer restored onto device, whatever
+    device wrote it), or a fresh state when no evaluation had finished."""
+    if not (run_dir / "last.pt").is_file():
+        return fresh_state()
     checkpoint = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
     net.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -344,7 +189,7 @@ def record_evaluation(run_dir, net, optimizer, state, line, item_ids, patience):
     else:
         state["bad_evals"] += 1
     state["history"].append(line)
-    append_jsonl(run_dir / "metrics.jsonl", line)
+    runs.append_jsonl(run_dir / "metrics.jsonl", line)
     save_checkpoint(run_dir / "last.pt", {"model": net.state_dict(),
                                           "optimizer": optimizer.state_dict(), "state": state})
     return state["bad_evals"] >= patience
@@ -363,8 +208,7 @@ def diverged_message(error, run_dir, state):
 
 def run(args):
     started = time.time()
-    if args.resume is not None:
-        args = resumed_args(args)
+    runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
     device = pick_device(args.device)
     ks = sorted(set(args.ks) | {100})
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
@@ -372,38 +216,36 @@ def run(args):
     ratings = data.load_ratings(ratings_path)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
-    run_dir = make_run_dir(args.out_dir)  # only once the data is good: no empty run folders
+    run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
+    if args.resume is not None:
+        runs.check_same_data(run_dir, ratings.sha256, ratings_path)
+        if args.total_anneal_steps is None:  # the schedule the run began with (--epochs may grow)
+            args.total_anneal_steps = runs.saved_config(run_dir).get("total_anneal_steps_used")
     model_name = MODEL_NAMES[args.variant]
     anneal = anneal_settings(args, split.train.shape[0])
-    config = {**{k: str(v.resolve()) if isinstance(v, Path) else v
-                 for k, v in vars(args).items()},
-              "model": model_name, "device": str(device), "anneal_cap_used": anneal[0],
+    config = {**runs.config_values(args), "resume": None, "model": model_name,
+              "device_used": str(device), "anneal_cap_used": anneal[0],
               "total_anneal_steps_used": anneal[1],
               "n_train_users": len(split.train_user_ids), "n_items": split.n_items,
               "data_sha256": ratings.sha256}
-    if args.resume is None:
-        write_json(run_dir / "config.json", config)
-    experiment = start_comet(args.comet, run_dir, config, model_name)
+    runs.write_json(run_dir / "config.json", config)
+    experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
+        model_name, FOLDER.name, "B", args.holdout, args.seed))
 
     torch.manual_seed(args.seed)
     net = model.MultVAE(split.n_items, args.hidden, args.latent, args.dropout,
                         variational=args.variant == "vae").to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                  fused=True)   # one kernel per step: the CPU step is ~4x faster
-    state = fresh_state()
-    if args.resume is not None and not (run_dir / "last.pt").is_file():
-        print(f"{run_dir} has no last.pt yet (no evaluation finished): starting at epoch 1")
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    elif args.resume is not None:
-        state = load_last(run_dir, net, optimizer, device)
-        write_atomic(run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(
-            "".join(json.dumps(line) + "\n" for line in state["history"])))
-        print(f"resuming {run_dir} after epoch {state['epoch']}")
+    state = fresh_state() if args.resume is None else load_last(run_dir, net, optimizer, device)
+    if args.resume is not None:
+        print(runs.starting_message(run_dir, state["epoch"]))
+    runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
 
     try:
         train_loop(args, net, optimizer, split, state, anneal, ks, device, run_dir, experiment)
     except Diverged as error:
-        finish_comet(experiment, run_dir)
+        runs.finish_comet(experiment, run_dir)
         raise TrainingError(diverged_message(error, run_dir, state)) from None
 
     best = state["best"]
@@ -411,7 +253,7 @@ def run(args):
     net.load_state_dict(checkpoint["model"])
     test = evaluate(net, split.test, ks, args.batch_size, device,
                     run_dir / "test_per_user.csv")
-    print(summary_line(f"test (epoch {best['epoch']}, beta {best['beta']:.3f})", test))
+    print(runs.summary_line(f"test (epoch {best['epoch']}, beta {best['beta']:.3f})", test))
 
     results = {"model": model_name, "folder": FOLDER.name, "protocol": "B",
                "holdout": args.holdout, "test": test, "validation": best["validation"],
@@ -419,16 +261,9 @@ def run(args):
                "selected": {"beta": best["beta"], "anneal_mode": args.anneal_mode,
                             "anneal_cap": anneal[0], "total_anneal_steps": anneal[1]},
                "wall_seconds": round(time.time() - started, 2),
-               "peak_memory_mb": round(peak_memory_mb(), 1), "seed": args.seed,
+               "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
                "data_sha256": ratings.sha256, "device": str(device)}
-    write_json(run_dir / "results.json", results)
-    if experiment is not None:
-        experiment.log_metrics(test, prefix="test")
-        experiment.log_metric("wall_seconds", results["wall_seconds"])
-        experiment.log_metric("best_epoch", best["epoch"])
-        experiment.log_metric("selected_beta", best["beta"])
-    finish_comet(experiment, run_dir)
-    print(f"results written to {run_dir / 'results.json'}")
+    runs.finish_run(experiment, run_dir, results, run_dir / "best.pt", args.comet_log_model)
     return results
 
 
@@ -440,16 +275,13 @@ def train_loop(args, net, optimizer, split, state, anneal, ks, device, run_dir, 
         loss, state["step"], beta = train_epoch(net, optimizer, split.train, epoch,
                                                 state["step"], args, anneal, device)
         state["epoch"] = epoch
-        if experiment is not None:
-            experiment.log_metric("train_loss", loss, step=epoch)
-            experiment.log_metric("beta", beta, step=epoch)
+        runs.log_epoch(experiment, epoch, {"train_loss": loss, "beta": beta})
         if epoch % args.eval_every and epoch != args.epochs:
             continue
         validation = evaluate(net, split.validation, ks, args.batch_size, device)
-        if experiment is not None:
-            experiment.log_metrics(validation, prefix="val", step=epoch)
-        tqdm.write(summary_line(f"epoch {epoch} loss {loss:.2f} beta {beta:.3f} validation",
-                                validation))
+        runs.log_epoch(experiment, epoch, {}, validation)
+        tqdm.write(runs.summary_line(f"epoch {epoch} loss {loss:.2f} beta {beta:.3f} "
+                                     f"validation", validation))
         line = {"epoch": epoch, "train_loss": loss, "beta": beta, "validation": validation}
         if record_evaluation(run_dir, net, optimizer, state, line, split.item_ids,
                              args.patience):

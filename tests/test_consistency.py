@@ -1,12 +1,14 @@
-"""Cross-model consistency: the copies of data.py and metrics.py stay identical.
+"""Cross-model consistency: the copies of data.py, metrics.py and runs.py stay identical.
 
-No model folder imports from another, so loading, splitting and metrics exist in several
-copies. These tests fail on any one-line change to one copy: the shared parts must match
-byte for byte, and every copy must give the same split and the same numbers on the same input.
+No model folder imports from another, so loading, splitting, metrics and the run
+infrastructure (runs.py) exist in several copies. These tests fail on any one-line change to
+one copy: the shared parts must match byte for byte, and every copy must give the same split
+and the same numbers on the same input.
 (The hand-worked values themselves are checked per copy in test_data_topn.py and
 test_metrics_topn.py.) Also one behaviour every main.py shares: offline Comet runs send
 nothing to Comet's error tracker.
 """
+import ast
 import os
 import subprocess
 import sys
@@ -18,7 +20,11 @@ import scipy.sparse as sp
 from conftest import REPO, TOP_N_FOLDERS, RATING_FOLDERS, load_module
 
 ALL_FOLDERS = RATING_FOLDERS + TOP_N_FOLDERS
-FILES = ("main.py", "model.py", "data.py", "metrics.py", "README.md")
+FILES = ("main.py", "model.py", "data.py", "metrics.py", "runs.py", "README.md")
+# The only additions a top-N copy may have after ESAE-PyTorch's file: (folder, name) ->
+# the section marker that opens them. Anything else must be the reference verbatim.
+TOP_N_EXTRAS = {("SVAE-PyTorch", "data"):
+                "# ---------------------------------------------------------------- sequences"}
 PROTOCOL_MARKER = "# ---------------------------------------------------------------- Protocol"
 
 
@@ -51,11 +57,68 @@ def test_download_and_parsing_code_is_identical_everywhere(folder):
     assert loading_part(source(folder, "data")) == reference
 
 
+def top_level_names(text):
+    """Names a module's top-level statements bind (functions, classes, assignments, imports)."""
+    names = []
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names += [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+        else:
+            names += [target.id for target in ast.walk(node)
+                      if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)]
+    return names
+
+
 @pytest.mark.parametrize("folder", [f for f in TOP_N_FOLDERS if f != "ESAE-PyTorch"])
 @pytest.mark.parametrize("name", ["data", "metrics"])
-def test_top_n_copies_start_with_the_reference_file(folder, name):
-    """A top-N copy is ESAE-PyTorch's file verbatim, optionally followed by additions."""
-    assert source(folder, name).startswith(source("ESAE-PyTorch", name))
+def test_top_n_copies_are_the_reference_file(folder, name):
+    """A top-N copy is ESAE-PyTorch's file verbatim. Only the copies in TOP_N_EXTRAS may
+    go on after it, with one marked section of new functions: nothing there may bind a name
+    again (an appended redefinition would silently replace the reference's code)."""
+    reference, copy = source("ESAE-PyTorch", name), source(folder, name)
+    marker = TOP_N_EXTRAS.get((folder, name))
+    if marker is None:
+        assert copy == reference
+        return
+    assert copy.startswith(reference)
+    extra = copy[len(reference):]
+    assert extra.lstrip("\n").startswith(marker), f"{folder}/{name}.py: unmarked additions"
+    added = top_level_names(extra)
+    assert all(isinstance(node, (ast.FunctionDef, ast.ClassDef))
+               for node in ast.parse(extra).body), "only new functions and classes may follow"
+    again = set(added) & set(top_level_names(reference))
+    assert not again, f"{folder}/{name}.py redefines {sorted(again)}"
+    assert len(added) == len(set(added)), f"{folder}/{name}.py defines a name twice"
+
+
+@pytest.mark.parametrize("folder", [f for f in ALL_FOLDERS if f != "ESAE-PyTorch"])
+def test_runs_copies_are_identical(folder):
+    """runs.py, the run infrastructure, is one file in six copies: byte for byte the same."""
+    assert source(folder, "runs") == source("ESAE-PyTorch", "runs")
+
+
+def test_runs_imports_no_framework():
+    imported = set()
+    for node in ast.walk(ast.parse(source("ESAE-PyTorch", "runs"))):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"torch", "tensorflow", "numpy", "data", "metrics", "model"}
+
+
+@pytest.mark.parametrize("folder", ALL_FOLDERS)
+@pytest.mark.parametrize("name", ["main", "runs"])
+def test_docstrings_and_help_cite_no_private_paths(folder, name):
+    """Docstrings and help texts cite PROTOCOLS.md, never DESIGN.md, ../shared or an
+    absolute path of some machine."""
+    text = source(folder, name)
+    for banned in ("DESIGN.md", "../shared", "/work/", "/home/", "/tmp/"):
+        assert banned not in text, f"{folder}/{name}.py mentions {banned}"
+    if name == "main":
+        assert "PROTOCOLS.md" in text
 
 
 @pytest.mark.parametrize("name", ["data", "metrics"])
@@ -139,11 +202,11 @@ def test_rating_metrics_are_identical(rating_file):
 # ---------------------------------------------------------------- CometML
 
 COMET_PROBE = """
-import inspect, sys
+import sys
 from pathlib import Path
-import main
-extra = ["probe"] * (len(inspect.signature(main.start_comet).parameters) - 3)
-experiment = main.start_comet("offline", Path(sys.argv[1]), {}, *extra)
+import runs
+labels = runs.run_labels("probe", "probe", "B", "random", 0)
+experiment = runs.start_comet("offline", Path(sys.argv[1]), {}, labels)
 from comet_ml.error_tracking import api
 import sentry_sdk
 print(api.enabled_in_config(), sentry_sdk.get_client().is_active())

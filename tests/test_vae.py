@@ -18,7 +18,7 @@ FAST = ("--heldout-users", HELDOUT, "--batch-size", "100", "--lr", "3e-3", "--de
 
 @pytest.fixture(scope="module")
 def modules():
-    loaded = {name: load_module(FOLDER, name) for name in ("data", "model", "metrics")}
+    loaded = {name: load_module(FOLDER, name) for name in ("data", "model", "metrics", "runs")}
     return {**loaded, "main": load_main(loaded)}
 
 
