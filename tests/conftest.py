@@ -95,3 +95,72 @@ def top_n_file(tmp_path):
 def rating_file(tmp_path):
     """A ratings.dat in tmp_path/data with a planted rank-3 rating matrix."""
     return write_ratings(tmp_path / "data" / "ratings.dat", *planted_rating_rows())
+
+
+# ---------------------------------------------------------------- helpers added for issue #16
+
+
+def load_main(folder):
+    """Import REPO/folder/main.py in-process. main.py imports data, metrics and model by
+    plain name: lend it this folder's copies (load_module) under those names while it loads,
+    then put back whatever sys.modules held before. Its `main.model` etc. are the copies."""
+    names = ["data", "metrics", "model"] + (["runs"] if (REPO / folder / "runs.py").is_file()
+                                            else [])
+    saved = {name: sys.modules.get(name) for name in names}
+    try:
+        for name in names:  # runs.py, where there is one, may import the other three
+            sys.modules[name] = load_module(folder, name)
+        return load_module(folder, "main")
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def run_script(script, *args, timeout=600, cwd=None):
+    """Run `python script args...` (any main.py, e.g. a copied one) like run_main."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("COMET_API_KEY", None)
+    return subprocess.run([sys.executable, str(script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def read_history(run_dir):
+    """The records of run_dir/metrics.jsonl, in order."""
+    import json
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text()
+            .splitlines()]
+
+
+def read_results(run_dir):
+    import json
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def keys_naming_test(record):
+    """Every key of a (nested) metrics.jsonl record that names test metrics ("test",
+    "test_ndcg@100", ...): metrics.jsonl holds the validation history only."""
+    found = []
+    for key, value in record.items():
+        if str(key).lower().startswith("test"):
+            found.append(key)
+        if isinstance(value, dict):
+            found += keys_naming_test(value)
+    return found
+
+
+def popularity_and_cooccurrence(metrics, split, held_out=None, ks=(10, 100)):
+    """Ranking metrics of two baselines on held-out users (default: split.test) of a top-N
+    split: training popularity, and plain item co-occurrence, scores = fold_in @ C with
+    C = X^T X of the training matrix, zero diagonal. Returns (popularity, cooccurrence)."""
+    held = split.test if held_out is None else held_out
+    popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
+    cooccurrence = (split.train.T @ split.train).toarray().astype(np.float64)
+    np.fill_diagonal(cooccurrence, 0)
+    n = held.fold_in.shape[0]
+    return (metrics.ranking_metrics(np.tile(popularity, (n, 1)), held.fold_in, held.target,
+                                    list(ks)),
+            metrics.ranking_metrics(np.asarray(held.fold_in @ cooccurrence), held.fold_in,
+                                    held.target, list(ks)))
