@@ -244,6 +244,7 @@ def diverged_message(loss, epoch, state):
 
 def run(args):
     started = time.time()
+    runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
                                             quiet=args.quiet)
     ratings = data.load_ratings(ratings_path)
