@@ -38,7 +38,7 @@ def test_ease_rejects_non_positive_lambda(modules):
         modules["model"].ease_weights(torch.eye(3, dtype=torch.float64), 0.0)
 
 
-def test_ease_reaches_cooccurrence_on_planted_clusters(modules, top_n_file):
+def test_ease_beats_popularity_on_planted_clusters(modules, top_n_file):
     """Popularity ranks like chance on the planted clusters (NDCG@10 about 0.05); plain item
     co-occurrence reaches about 0.63, and EASE about 0.64: it must reach 95% of it."""
     data, model, metrics = modules["data"], modules["model"], modules["metrics"]
