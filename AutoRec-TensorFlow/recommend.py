@@ -1,0 +1,638 @@
+"""Recommend movies with a trained AutoRec run: python AutoRec-TensorFlow/recommend.py --help
+
+Loads the best checkpoint of a run folder written by main.py (RUN_DIR/checkpoints/best, the
+checkpoint named in train_state.json) and the run's config.json, rebuilds the network with
+the run's hyperparameters and the Protocol A split of the run's seed (PROTOCOLS.md), and
+feeds the network the TRAINING matrix, exactly as main.py's evaluation does. A prediction
+is the network's output, 3.0 where the user or the movie has no training rating (cold
+start), clipped to 1..5: the same rule as metrics.py.
+
+  --user ID          top K of a user of the file, movies rated in training left out
+  --user ID --movie M  the predicted rating of one pair
+  --history 1193:5,661:3 / --history-file FILE (MovieID::Rating lines)
+                     a new user (U-AutoRec only: the user's ratings are a new input row;
+                     I-AutoRec's input is indexed by the training users, so it cannot
+                     take a new user without retraining, and says so)
+  --users-file FILE  top K of many users as CSV (user_id,rank,movie_id,score), scored in a
+                     few batched network calls
+
+Movies are ranked by the model's output (cold-start movies at 3.0), ties by movie id; the
+score shown is the prediction clipped to 1..5. Titles and genres come from movies.dat
+beside ratings.dat when it is there.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import data
+import metrics
+
+FOLDER = Path(__file__).resolve().parent
+MODEL_NAME = "AutoRec"
+DEFAULT_VARIANT = "item"
+VARIANT_NAMES = {"item": "I-AutoRec", "user": "U-AutoRec"}
+DEFAULT_SEED = 1994
+CHUNK = 1024  # rows per network call, as model.predict_pairs
+NO_NEW_USER = ("I-AutoRec (variant item) reads each movie's ratings by the training users, so "
+               "it cannot take a new user without retraining; use --user ID for a user of "
+               "the file, or a run trained with --variant user")
+
+
+class RecommendError(Exception):
+    """Bad input: the message is printed as one `error: ...` line."""
+
+
+# ---------------------------------------------------------------- command line
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def parse_rating(text):
+    """A rating 1..5 (whole or not), or None when the text is not one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 1 <= value <= 5 else None
+
+
+def history_pairs(text):
+    """--history 1193:5,661:3 -> [(1193, 5.0), (661, 3.0)]."""
+    pairs = []
+    for part in text.split(","):
+        part = part.strip()
+        if ":" not in part:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} has no rating: this model needs ratings, give MovieID:Rating "
+                f"pairs (e.g. 1193:5,661:3) or --history-file FILE with MovieID::Rating lines")
+        movie, _, rating = part.partition(":")
+        if not movie.strip().isdigit() or int(movie) <= 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: movie id {movie!r} is not a "
+                                             f"positive integer")
+        value = parse_rating(rating)
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{part!r}: rating {rating!r} is not a number "
+                                             f"in 1..5")
+        if int(movie) in {m for m, _ in pairs}:
+            raise argparse.ArgumentTypeError(f"movie {int(movie)} is given twice")
+        pairs.append((int(movie), value))
+    return pairs
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Recommend movies with a trained AutoRec run (its best checkpoint): "
+                    "the top K of a user of the file, of a new user given by ratings "
+                    "(U-AutoRec only), or of many users as CSV.",
+        epilog="Example: python AutoRec-TensorFlow/recommend.py "
+               "runs/AutoRec-TensorFlow/<timestamp> --user 1 -k 5")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="run folder written by main.py (config.json, checkpoints/)")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=positive_int, metavar="ID",
+                     help="a user id of the run's ratings.dat")
+    who.add_argument("--history", type=history_pairs, metavar="MOVIE:RATING,...",
+                     help="a new user's ratings, e.g. 1193:5,661:3 (U-AutoRec only)")
+    who.add_argument("--history-file", type=Path, metavar="FILE",
+                     help="a new user's ratings, one 'MovieID::Rating[::Timestamp]' a line "
+                          "(U-AutoRec only)")
+    who.add_argument("--users-file", type=Path, metavar="FILE",
+                     help="one user id a line: write the top K of each as CSV "
+                          "user_id,rank,movie_id,score")
+    parser.add_argument("--movie", type=positive_int, metavar="ID",
+                        help="with --user or a history: the predicted rating of this movie")
+    parser.add_argument("-k", type=positive_int, default=10,
+                        help="number of movies to recommend (default: %(default)s)")
+    parser.add_argument("--include-seen", action="store_true",
+                        help="also rank the movies the user rated in training (or in the "
+                             "history)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document instead of a table")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="with --users-file: write the CSV here (atomically) instead "
+                             "of to stdout")
+    parser.add_argument("--data-dir", type=Path,
+                        help="folder holding the run's ratings.dat (default: the data_dir "
+                             "recorded in the run's config.json)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: a GPU when TensorFlow sees one (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.movie is not None and args.users_file is not None:
+        parser.error("--movie goes with --user, --history or --history-file, "
+                     "not with --users-file")
+    if args.output is not None and args.users_file is None:
+        parser.error("--output goes with --users-file")
+    if args.json and args.users_file is not None:
+        parser.error("--json does not go with --users-file (which writes CSV)")
+    return args
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+class Run:
+    """What recommend needs from a run folder: its settings and its best checkpoint."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        if not self.dir.is_dir():
+            raise RecommendError(f"{self.dir}: no such run folder")
+        config_path = self.dir / "config.json"
+        if not config_path.is_file():
+            raise RecommendError(f"{config_path} not found: {self.dir} is not a run folder "
+                                 f"written by {FOLDER.name}/main.py")
+        try:
+            self.config = json.loads(config_path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RecommendError(f"{config_path} is not valid JSON ({error})")
+        if not isinstance(self.config, dict):
+            raise RecommendError(f"{config_path} does not hold a JSON object")
+        model_name = self.config.get("model", MODEL_NAME)
+        if model_name != MODEL_NAME:
+            raise RecommendError(f"{self.dir} is a run of {model_name}, not {MODEL_NAME}: "
+                                 f"use that model folder's recommend.py")
+        self.settings = self.config.get("args", self.config)
+        self.variant = self.settings.get("variant", DEFAULT_VARIANT)
+        if self.variant not in VARIANT_NAMES:
+            raise RecommendError(f"{config_path}: unknown variant {self.variant!r}")
+        self.seed = int(self.settings.get("seed", DEFAULT_SEED))
+        self.checkpoint, self.best_epoch = self._best_checkpoint()
+
+    def _best_checkpoint(self):
+        """(path prefix of the best checkpoint, its epoch or None); the file names in
+        train_state.json are taken relative to this folder, so a moved run still loads."""
+        best_dir = self.dir / "checkpoints" / "best"
+        name, epoch = None, None
+        state_path = self.dir / "train_state.json"
+        if state_path.is_file():
+            try:
+                best = json.loads(state_path.read_text()).get("best") or {}
+            except (ValueError, UnicodeDecodeError, AttributeError) as error:
+                raise RecommendError(f"{state_path} is not valid ({error})")
+            if best.get("checkpoint"):
+                name, epoch = Path(best["checkpoint"]).name, best.get("epoch")
+        elif (best_dir / "checkpoint").is_file():  # the index tf.train.CheckpointManager keeps
+            for line in (best_dir / "checkpoint").read_text().splitlines():
+                if line.startswith("model_checkpoint_path:"):
+                    name = Path(line.split(":", 1)[1].strip().strip('"')).name
+        if name is None or not (best_dir / f"{name}.index").is_file():
+            raise RecommendError(f"{self.dir} has no best checkpoint (checkpoints/best/, "
+                                 f"named in train_state.json): the run has not finished an "
+                                 f"evaluation yet, or this is not a run folder")
+        return best_dir / name, epoch
+
+    def build_network(self, model, n_inputs):
+        """The network of main.py with the run's hyperparameters (weights not yet loaded)."""
+        return model.AutoRec(n_inputs, self.hidden(), seed=self.seed)
+
+    def hidden(self):
+        return int(self.settings.get("hidden", 500))
+
+    def shape(self):
+        return f"hidden {self.hidden()}"
+
+    def data_dir(self, override):
+        if override is not None:
+            return Path(override)
+        return Path(self.settings.get("data_dir") or data.default_data_dir())
+
+    def describe(self):
+        epoch = f", best epoch {self.best_epoch}" if self.best_epoch is not None else ""
+        return f"{FOLDER.name} ({VARIANT_NAMES[self.variant]}{epoch})"
+
+
+def load_split(run, data_dir):
+    """The run's Protocol A split, from the ratings file it was trained on."""
+    ratings_path = data_dir / "ratings.dat"
+    if not ratings_path.is_file():
+        raise RecommendError(f"{ratings_path} not found (the run's data); pass --data-dir "
+                             f"DIR, the folder holding the ratings.dat the run was trained on")
+    ratings = data.load_ratings(ratings_path)
+    expected = run.config.get("data_sha256")
+    if expected is not None and expected != ratings.sha256:
+        raise RecommendError(f"{ratings_path} differs from the file the run was trained on "
+                             f"(sha256 {expected}): the split and the network's input would "
+                             f"not be the run's; pass --data-dir with the right file")
+    split = data.split_ratings(ratings, seed=run.seed)
+    for key, found in (("n_users", len(split.user_ids)), ("n_items", len(split.item_ids))):
+        if run.config.get(key) not in (None, found):
+            raise RecommendError(f"{ratings_path} gives {found} {key[2:]}, the run had "
+                                 f"{run.config[key]}")
+    return split
+
+
+def load_movies(data_dir):
+    """{movie id: (title, genres)} from movies.dat (Latin-1, MovieID::Title::Genres);
+    {} when there is no movies.dat."""
+    path = data_dir / "movies.dat"
+    if not path.is_file():
+        warn(f"{path} not found: movie ids only")
+        return {}
+    movies = {}
+    for line in path.read_text(encoding="latin-1").splitlines():
+        fields = line.split("::")
+        if len(fields) == 3 and fields[0].strip().isdigit():
+            movies[int(fields[0])] = (fields[1], fields[2])
+    return movies
+
+
+# ---------------------------------------------------------------- queries
+
+
+def read_history_file(path):
+    """[(movie id, rating, line number)] of a file of 'MovieID::Rating[::Timestamp]' lines."""
+    if not path.is_file():
+        raise RecommendError(f"--history-file {path}: no such file")
+    entries, lines_of = [], {}
+    for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.split("::")
+        where = f"{path}, line {number}"
+        if len(fields) > 3:
+            raise RecommendError(f"{where}: expected MovieID::Rating[::Timestamp], found "
+                                 f"{len(fields)} fields: {line[:80]!r}")
+        if not fields[0].strip().isdigit() or int(fields[0]) <= 0:
+            raise RecommendError(f"{where}: movie id {fields[0]!r} is not a positive "
+                                 f"integer: {line[:80]!r}")
+        if len(fields) == 1:
+            raise RecommendError(f"{where}: no rating for movie {fields[0]}: this model "
+                                 f"needs MovieID::Rating lines (e.g. 1193::5)")
+        rating = parse_rating(fields[1])
+        if rating is None:
+            raise RecommendError(f"{where}: rating {fields[1]!r} is not a number in 1..5: "
+                                 f"{line[:80]!r}")
+        if len(fields) == 3 and not fields[2].strip().isdigit():
+            raise RecommendError(f"{where}: timestamp {fields[2]!r} is not a non-negative "
+                                 f"integer: {line[:80]!r}")
+        movie = int(fields[0])
+        if movie in lines_of:
+            raise RecommendError(f"{where}: movie {movie} is rated already on line "
+                                 f"{lines_of[movie]}")
+        lines_of[movie] = number
+        entries.append((movie, rating, number))
+    if not entries:
+        raise RecommendError(f"--history-file {path}: no ratings in the file")
+    return entries
+
+
+def history_columns(args, split):
+    """The history as (item columns, ratings, the entries kept); a movie the model has no
+    column for (no rating in the run's ratings.dat) is named in a warning and skipped."""
+    if args.history_file is not None:
+        entries = read_history_file(args.history_file)
+        source = lambda number: f"{args.history_file}, line {number}"  # noqa: E731
+    else:
+        entries = [(movie, rating, None) for movie, rating in args.history]
+        source = lambda number: "--history"  # noqa: E731
+    column = {int(m): c for c, m in enumerate(split.item_ids)}
+    kept = []
+    for movie, rating, number in entries:
+        if movie not in column:
+            warn(f"{source(number)}: movie {movie} is not known to the model (no rating of "
+                 f"it in the run's ratings.dat); skipped")
+            continue
+        kept.append((movie, rating))
+    if not kept:
+        raise RecommendError("no movie of the history is known to the model: nothing to "
+                             "recommend from")
+    cols = np.array([column[m] for m, _ in kept], dtype=np.int64)
+    return cols, np.array([r for _, r in kept], dtype=np.float32), kept
+
+
+def read_users_file(path, split):
+    """Row indices of the users listed in path (one id a line; a header 'user_id' allowed)."""
+    if not path.is_file():
+        raise RecommendError(f"--users-file {path}: no such file")
+    row = {int(u): r for r, u in enumerate(split.user_ids)}
+    users = []
+    for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
+        line = line.strip()
+        if not line or (number == 1 and line == "user_id"):
+            continue
+        if not line.isdigit() or int(line) not in row:
+            problem = ("is not a user id" if not line.isdigit()
+                       else "is not a user of the run's ratings.dat")
+            raise RecommendError(f"{path}, line {number}: {line[:40]!r} {problem}")
+        users.append(row[int(line)])
+    if not users:
+        raise RecommendError(f"--users-file {path}: no user ids in the file")
+    return np.array(users, dtype=np.int64)
+
+
+def user_row(user_id, split):
+    rows = np.flatnonzero(split.user_ids == user_id)
+    if not rows.size:
+        raise RecommendError(f"user {user_id} is not in the run's ratings.dat (user ids "
+                             f"{split.user_ids.min()}..{split.user_ids.max()}, "
+                             f"{len(split.user_ids)} users)")
+    return int(rows[0])
+
+
+def item_column(movie_id, split):
+    cols = np.flatnonzero(split.item_ids == movie_id)
+    if not cols.size:
+        raise RecommendError(f"movie {movie_id} is not known to the model: no rating of it "
+                             f"in the run's ratings.dat, so the network has no output for it")
+    return int(cols[0])
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- TensorFlow and the network
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Send what C++ libraries write to stderr to a temporary file, shown only on failure."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as chatter:
+        os.dup2(chatter.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved_stderr, 2)
+            chatter.seek(0)
+            sys.stderr.write(chatter.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+
+
+def import_tensorflow():
+    """TensorFlow and this folder's model.py, imported without start-up chatter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with captured_stderr():
+        import tensorflow
+        import model
+    import absl.logging
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tensorflow.get_logger().setLevel("ERROR")
+    return tensorflow, model
+
+
+def pick_device(tf, choice):
+    with captured_stderr():
+        gpus = tf.config.list_physical_devices("GPU")
+    if choice == "cuda" and not gpus:
+        raise RecommendError("--device cuda was given but TensorFlow sees no GPU")
+    if choice == "cpu" or not gpus:
+        if gpus:
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # TensorFlow already running: tf.device("/CPU:0") suffices
+                pass
+        return "/CPU:0"
+    return "/GPU:0"
+
+
+class Scorer:
+    """The run's network with its best weights, and the training matrix it reads.
+
+    outputs(users) gives the network's raw outputs for those users (rows of the split)
+    over every item, computed as main.py's evaluation computes them: I-AutoRec
+    reconstructs every movie's column of training ratings (one pass over all movies, in
+    chunks of CHUNK rows as model.predict_pairs), U-AutoRec each user's row.
+    """
+
+    def __init__(self, run, split, device_choice):
+        self.tf, self.model = import_tensorflow()
+        self.device = pick_device(self.tf, device_choice)
+        self.run, self.split = run, split
+        n_inputs = len(split.user_ids) if run.variant == "item" else len(split.item_ids)
+        with self.tf.device(self.device):
+            self.network = run.build_network(self.model, n_inputs)
+            checkpoint = self.tf.train.Checkpoint(model=self.network)
+            try:
+                checkpoint.restore(str(run.checkpoint)).expect_partial() \
+                    .assert_existing_objects_matched()
+            except (ValueError, AssertionError, self.tf.errors.OpError) as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise RecommendError(f"{run.checkpoint} does not fit the network of "
+                                     f"config.json ({VARIANT_NAMES[run.variant]}, "
+                                     f"{run.shape()}, {n_inputs} inputs): {first}")
+
+    def _network_rows(self, matrix):
+        """Raw network outputs for the rows of matrix (scipy or numpy), CHUNK at a time."""
+        tf = self.tf
+        blocks = []
+        with tf.device(self.device):
+            for start in range(0, matrix.shape[0], CHUNK):
+                block = matrix[start:start + CHUNK]
+                block = block.toarray() if hasattr(block, "toarray") else block
+                blocks.append(self.network(tf.constant(block, tf.float32)).numpy())
+        return np.vstack(blocks) if blocks else np.zeros((0, 0), np.float32)
+
+    def outputs(self, users):
+        train = self.split.train
+        if self.run.variant == "item":
+            return self._network_rows(train.T.tocsr())[:, users].T
+        return self._network_rows(train[users])
+
+    def new_user_outputs(self, cols, ratings):
+        """Outputs for a new user: a new input row of the user's ratings (U-AutoRec)."""
+        row = np.zeros((1, len(self.split.item_ids)), np.float32)
+        row[0, cols] = ratings
+        return self._network_rows(row)
+
+
+# ---------------------------------------------------------------- ranking and output
+
+
+def final_scores(outputs, train, users=None):
+    """(rank keys, shown scores) for outputs (users x items): the outputs, 3.0 for a movie
+    without training ratings and for every movie of a user without any (cold start); the
+    shown scores are those clipped to 1..5, as metrics.final_predictions gives them."""
+    keys = np.array(outputs, dtype=np.float64)
+    item_counts = np.diff(train.tocsc().indptr)
+    keys[:, item_counts == 0] = metrics.COLD_START_RATING
+    if users is not None:
+        user_counts = np.diff(train.tocsr().indptr)
+        keys[user_counts[users] == 0, :] = metrics.COLD_START_RATING
+    return keys, np.clip(keys, metrics.MIN_RATING, metrics.MAX_RATING)
+
+
+def top_k(keys, excluded, k):
+    """Per row, the column indices of the k highest keys (ties: lower column first, which
+    is the lower movie id), leaving out the excluded (boolean, same shape) entries."""
+    keys = np.where(excluded, -np.inf, keys)
+    order = np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    valid = np.isfinite(np.take_along_axis(keys, order, axis=1))
+    return order, valid
+
+
+def entries(order, valid, scores, split, movies):
+    rows = []
+    for rank, (col, ok) in enumerate(zip(order.tolist(), valid.tolist()), start=1):
+        if not ok:
+            break
+        movie = int(split.item_ids[col])
+        title, genres = movies.get(movie, (None, None))
+        rows.append({"rank": rank, "movie_id": movie, "title": title, "genres": genres,
+                     "score": float(scores[col])})
+    return rows
+
+
+def print_table(heading, rows, has_movies):
+    print(heading)
+    width = max([5] + [len(r["title"] or "(not in movies.dat)") for r in rows])
+    line = "{:>4}  {:>8}  {:>9}" + ("  {:<%d}  {}" % width if has_movies else "")
+    print(line.format("rank", "movie_id", "score", "title", "genres").rstrip())
+    for r in rows:
+        print(line.format(r["rank"], r["movie_id"], f"{r['score']:.4f}",
+                          r["title"] or "(not in movies.dat)", r["genres"] or "").rstrip())
+
+
+def write_csv(text, output):
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp",
+                               dir=output.parent if str(output.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def recommend(args):
+    run = Run(args.run_dir)
+    new_user = args.history is not None or args.history_file is not None
+    if new_user and run.variant == "item":
+        raise RecommendError(NO_NEW_USER)
+    if args.output is not None and not Path(args.output).parent.is_dir():
+        raise RecommendError(f"--output {args.output}: folder {Path(args.output).parent} "
+                             f"does not exist")
+    data_dir = run.data_dir(args.data_dir)
+    split = load_split(run, data_dir)
+    movies = load_movies(data_dir)
+    train = split.train.tocsr()
+
+    if args.users_file is not None:
+        users = read_users_file(args.users_file, split)
+        scorer = Scorer(run, split, args.device)
+        keys, scores = final_scores(scorer.outputs(users), train, users)
+        seen = train[users].toarray() > 0 if not args.include_seen else np.zeros(
+            keys.shape, bool)
+        order, valid = top_k(keys, seen, args.k)
+        user_ids = np.repeat(split.user_ids[users], order.shape[1])
+        ranks = np.tile(np.arange(1, order.shape[1] + 1), len(users))
+        movie_ids = split.item_ids[order].ravel()
+        shown = np.take_along_axis(scores, order, axis=1).ravel()
+        keep = valid.ravel()
+        lines = ["user_id,rank,movie_id,score"]
+        lines += [f"{u},{r},{m},{s:.6f}" for u, r, m, s in zip(
+            user_ids[keep].tolist(), ranks[keep].tolist(), movie_ids[keep].tolist(),
+            shown[keep].tolist())]
+        write_csv("\n".join(lines) + "\n", args.output)
+        if args.output is not None:
+            print(f"top {args.k} of {len(users)} users written to {args.output}",
+                  file=sys.stderr)
+        return
+
+    if new_user:
+        cols, ratings, kept = history_columns(args, split)
+        movie_col = item_column(args.movie, split) if args.movie is not None else None
+        scorer = Scorer(run, split, args.device)
+        keys, scores = final_scores(scorer.new_user_outputs(cols, ratings), train)
+        seen = np.zeros(len(split.item_ids), bool)
+        seen[cols] = True
+        query = {"history": [{"movie_id": m, "rating": r} for m, r in kept]}
+        who = f"a new user with {len(kept)} rating{'s' * (len(kept) != 1)}"
+    else:
+        row = user_row(args.user, split)
+        movie_col = item_column(args.movie, split) if args.movie is not None else None
+        scorer = Scorer(run, split, args.device)
+        users = np.array([row])
+        keys, scores = final_scores(scorer.outputs(users), train, users)
+        seen = train[row].toarray().ravel() > 0
+        n_train = int(seen.sum())
+        if n_train == 0:
+            warn(f"user {args.user} has no training rating (all of them fell in validation "
+                 f"or test): every prediction is the cold-start {metrics.COLD_START_RATING}")
+        query = {"user": args.user}
+        who = f"user {args.user} ({n_train} training rating{'s' * (n_train != 1)})"
+    keys, scores = keys[0], scores[0]
+    run_info = {"model": MODEL_NAME, "folder": FOLDER.name, "variant": run.variant,
+                "best_epoch": run.best_epoch, "run_dir": str(run.dir)}
+
+    if movie_col is not None:
+        movie = args.movie
+        title, genres = movies.get(movie, (None, None))
+        cold_user = not new_user and train[row].nnz == 0
+        cold_movie = np.diff(train.tocsc().indptr)[movie_col] == 0
+        cold = bool(cold_user or cold_movie)
+        score = float(scores[movie_col])
+        if args.json:
+            print(json.dumps({**run_info, "query": {**query, "movie": movie},
+                              "prediction": {"movie_id": movie, "title": title,
+                                             "genres": genres, "score": score,
+                                             "cold_start": cold,
+                                             "seen": bool(seen[movie_col])}}, indent=2))
+            return
+        name = f" {title} ({genres})" if title is not None else ""
+        notes = [note for flag, note in (
+            (cold, "cold start: no training rating of the "
+                   + ("user" if cold_user else "movie")),
+            (seen[movie_col], "rated in " + ("the history" if new_user else "training")))
+            if flag]
+        print(f"{run.describe()}: {who}, movie {movie}{name}: predicted rating "
+              f"{score:.2f}" + (f" ({'; '.join(notes)})" if notes else ""))
+        return
+
+    excluded = seen if not args.include_seen else np.zeros_like(seen)
+    order, valid = top_k(keys[None, :], excluded[None, :], args.k)
+    rows = entries(order[0], valid[0], scores, split, movies)
+    if args.json:
+        print(json.dumps({**run_info, "query": query, "k": args.k,
+                          "include_seen": args.include_seen, "recommendations": rows},
+                         indent=2))
+        return
+    seen_note = ("rated movies included" if args.include_seen else
+                 "movies of the history excluded" if new_user else
+                 "movies rated in training excluded")
+    print_table(f"{run.describe()}: top {len(rows)} for {who}; {seen_note}", rows,
+                bool(movies))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        recommend(args)
+    except (RecommendError, data.DataError) as error:
+        sys.exit(f"error: {error}")
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        sys.exit(1)
+    except OSError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
