@@ -82,3 +82,48 @@ def test_batches_average_like_one_call(metrics):
                                                       target[i:i + 7])
                              for i in range(0, 50, 7)])
     assert parts == pytest.approx(whole)
+
+
+# ---------------------------------------------------------------- gaps found by mutation
+# testing (issue #16, mutation/README.md)
+
+
+def test_default_cutoffs_are_the_protocol_b_ones(metrics):
+    result = metrics.ranking_metrics(SCORES, FOLD_IN, TARGET)
+    assert set(result) == {f"{name}@{k}" for name in ("precision", "recall", "ndcg")
+                           for k in (10, 20, 50, 100)} | {"n_users"}
+
+
+def test_ndcg_with_three_targets_divides_by_the_three_item_ideal(metrics):
+    # One user, five items ranked 0..4, targets {0, 2, 3}: hits at ranks 1, 3 and 4.
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    result = metrics.ranking_metrics(scores, csr([[0] * 5]), csr([[1, 0, 1, 1, 0]]),
+                                     ks=(3, 5))
+    idcg_three = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert result["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / idcg_three)
+    assert result["ndcg@5"] == pytest.approx(
+        (1 + 1 / math.log2(4) + 1 / math.log2(5)) / idcg_three)
+
+
+def test_masking_leaves_the_callers_scores_alone_and_takes_float32(metrics):
+    scores = SCORES.copy()
+    top = metrics.top_k_items(scores, FOLD_IN, 3)
+    assert top.tolist() == [[1, 2, 3], [4, 3, 2], [3, 2, 1]]
+    np.testing.assert_array_equal(scores, SCORES)  # no -inf written into the input
+    as_float32 = metrics.ranking_metrics(SCORES.astype(np.float32), FOLD_IN, TARGET,
+                                         ks=(2, 4))
+    assert as_float32 == pytest.approx(metrics.ranking_metrics(SCORES, FOLD_IN, TARGET,
+                                                               ks=(2, 4)))
+
+
+def test_write_per_user_has_one_row_per_user_with_a_target(metrics, tmp_path):
+    per_user = metrics.per_user_metrics(SCORES, FOLD_IN, TARGET, ks=(2,))
+    path = tmp_path / "test_per_user.csv"
+    metrics.write_per_user(path, np.array([11, 12, 13]), FOLD_IN, TARGET, per_user)
+    # user 12 has no target and no row; user 11: 1 fold-in item, 2 targets, a hit at rank
+    # 1 of 2; user 13: 2 fold-in items, 1 target, no hit in the top 2.
+    ndcg = repr(float(per_user["ndcg@2"][0]))
+    assert float(ndcg) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert path.read_text() == ("user_id,n_fold_in,n_target,precision@2,recall@2,ndcg@2\n"
+                                f"11,1,2,0.5,0.5,{ndcg}\n"
+                                "13,2,1,0.0,0.0,0.0\n")
