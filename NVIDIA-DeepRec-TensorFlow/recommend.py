@@ -611,7 +611,7 @@ def recommend(args):
             (seen[movie_col], "rated in " + ("the history" if new_user else "training")))
             if flag]
         print(f"{run.describe()}: {who}, movie {movie}{name}: predicted rating "
-              f"{score:.2f}" + (f" ({'; '.join(notes)})" if notes else ""))
+              f"{score:.4f}" + (f" ({'; '.join(notes)})" if notes else ""))
         return
 
     excluded = seen if not args.include_seen else np.zeros_like(seen)
