@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA, load_module, run_main, write_ratings
+from conftest import (REPO, SHARED_DATA, keys_naming_test, load_main, load_module,
+                      read_history, read_results, run_main, write_ratings)
 
 FOLDER = "SVAE-PyTorch"
 SMALL = ["--embed-dim", "32", "--rnn-dim", "32", "--hidden-dim", "32", "--latent-dim", "16",
@@ -157,22 +158,30 @@ def test_mean_step_scores_average_every_prefix_distribution(modules):
         torch.testing.assert_close(scores[row], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_every_fold_in_item_is_masked(modules, sequence_file):
-    data, model, metrics = modules["data"], modules["model"], modules["metrics"]
+def test_every_fold_in_item_is_masked(modules, sequence_file, monkeypatch):
+    """main.py's evaluation with a scorer that puts every item of the fold-in sequence
+    first, each item then by popularity, gives the metrics of the popularity ranking:
+    fold-in items never count, and each user's scores stay on that user's row."""
+    data, metrics = modules["data"], modules["metrics"]
     split = data.split_top_n(data.load_ratings(sequence_file), heldout_users=100,
                              holdout="random")
     held = split.test
     for row, seq in enumerate(held.fold_in_seqs):  # the sequence is the fold-in row, in order
         assert sorted(seq) == sorted(held.fold_in[row].indices)
-    net = small_net(model, split.n_items)
-    padded, lengths = data.pad_sequences(held.fold_in_seqs, net.pad)
-    scores = model.last_step_scores(net, torch.from_numpy(padded),
-                                    torch.from_numpy(lengths)).numpy()
-    scores[held.fold_in.nonzero()] += 1000.0  # fold-in items would all rank first
-    longest = max(len(seq) for seq in held.fold_in_seqs)
-    top = metrics.top_k_items(scores, held.fold_in, split.n_items - longest)
-    for row, seq in enumerate(held.fold_in_seqs):
-        assert not set(seq) & set(top[row])
+    popularity = torch.from_numpy(np.asarray(split.train.sum(axis=0)).ravel()).float()
+
+    def fold_in_first(net, items, lengths):
+        scores = popularity.repeat(len(items), 1)
+        for row, length in enumerate(lengths.tolist()):
+            scores[row, items[row, :length]] += 1e6
+        return scores
+
+    main = load_main(FOLDER)
+    monkeypatch.setattr(main.model, "last_step_scores", fold_in_first)
+    got = main.evaluate(torch.nn.Module(), held, [10, 100], split.n_items, "cpu", "last")
+    expected = metrics.ranking_metrics(np.tile(popularity.numpy(), (len(held.user_ids), 1)),
+                                       held.fold_in, held.target, [10, 100])
+    assert got == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- main.py
@@ -213,7 +222,11 @@ def test_main_learns_sequences_with_offline_comet(modules, sequence_file, tmp_pa
     assert results["test"]["n_users"] == 100 and results["protocol"] == "B"
     assert results["holdout"] == "temporal" and 1 <= results["best_epoch"] <= 8
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not any(keys_naming_test(line) for line in lines), lines
     assert [line["epoch"] for line in lines] == list(range(1, 9))
+    best = max(lines, key=lambda line: line["validation"]["ndcg@100"])
+    assert results["best_epoch"] == best["epoch"]
+    assert results["validation"] == best["validation"]
     assert lines[-1]["beta"] == pytest.approx(0.05)  # reached the temporal default cap
     assert max(line["validation"]["ndcg@100"] for line in lines) == \
         results["validation"]["ndcg@100"]
@@ -222,6 +235,27 @@ def test_main_learns_sequences_with_offline_comet(modules, sequence_file, tmp_pa
     logged = read_comet_archive(run_dir)
     assert "test_ndcg@100" in logged and "val_ndcg@100" in logged and "train_loss" in logged
     assert "comet upload" in done.stdout
+
+
+def test_mean_score_through_main_learns(modules, sequence_file, tmp_path):
+    """--score mean (the mean of every step's next-item distribution) through main.py, under
+    the random hold-out, where targets sit between fold-in items: 3 epochs reach a test
+    NDCG@10 of about 0.27 against popularity's 0.10."""
+    run_dir = tmp_path / "run"
+    done = run_main(FOLDER, "--data-dir", sequence_file.parent, "--out-dir", run_dir,
+                    "--heldout-users", "100", "--holdout", "random", "--epochs", "3",
+                    *SMALL, "--score", "mean", "--comet", "off", "--quiet")
+    assert done.returncode == 0, done.stderr
+    results = read_results(run_dir)
+    assert results["holdout"] == "random"
+    assert not any(keys_naming_test(line) for line in read_history(run_dir))
+    data, metrics = modules["data"], modules["metrics"]
+    split = data.split_top_n(data.load_ratings(sequence_file), heldout_users=100,
+                             holdout="random")
+    popularity = np.asarray(split.train.sum(axis=0)).ravel()
+    popular = metrics.ranking_metrics(np.tile(popularity, (split.test.fold_in.shape[0], 1)),
+                                      split.test.fold_in, split.test.target)["ndcg@10"]
+    assert results["test"]["ndcg@10"] > popular + 0.1, (results["test"], popular)
 
 
 def test_resume_ends_like_an_uninterrupted_run(sequence_file, tmp_path):
@@ -288,7 +322,8 @@ def test_nan_loss_stops_with_one_message_and_keeps_best_checkpoint(sequence_file
 def test_bad_flags_give_argparse_errors(flag):
     done = run_main(FOLDER, *flag)
     assert done.returncode == 2
-    assert "error:" in done.stderr and flag[0] in done.stderr
+    # the usage line names every flag: the error line itself must name the refused one
+    assert f"error: argument {flag[0]}: " in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -308,9 +343,10 @@ def test_missing_data_without_download_is_one_clear_error(tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "ratings.dat").is_file(),
                     reason=f"real MovieLens-1M not found at {SHARED_DATA}")
-def test_real_data_smoke(tmp_path):
-    """One epoch of a narrow SVAE on the real data: runs, evaluates 600 users, and ranks far
-    above chance (random ranking gives NDCG@100 of about 0.01 here)."""
+def test_real_data_one_epoch_crash_check(tmp_path):
+    """One epoch of a narrow SVAE on the real data: a crash check (reads it, trains,
+    evaluates 600 users and writes the run folder), not a quality check: the 0.03 floor is
+    above chance (about 0.01) but below popularity (0.14 under the temporal hold-out)."""
     done = run_main(FOLDER, "--data-dir", SHARED_DATA, "--out-dir", tmp_path, "--epochs", "1",
                     "--holdout", "temporal", "--embed-dim", "16", "--rnn-dim", "16",
                     "--hidden-dim", "16", "--latent-dim", "8", "--batch-size", "512",
