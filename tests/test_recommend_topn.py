@@ -76,12 +76,14 @@ def recommend(folder, capsys, *argv):
     sys.exit is added to stderr, as the interpreter would print it."""
     module = load_script(folder, "recommend")
     capsys.readouterr()
-    code, message = 0, ""
+    code, message, threads = 0, "", torch.get_num_threads()
     try:
         module.main([str(arg) for arg in argv])
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) or stop.code is None else 1
         message = stop.code if isinstance(stop.code, str) else ""
+    finally:
+        torch.set_num_threads(threads)  # main() sets --threads for the whole process
     out, err = capsys.readouterr()
     return code or 0, out, err + (message + "\n" if message else "")
 
