@@ -4,9 +4,10 @@
 scipy, pandas and the test modules again each time costs more than most test runs. This
 script does the same work items with cosmic-ray's own mutation code (apply the mutant to the
 file, run the tests, restore the file, record killed / survived in the session), but runs the
-config's pytest command in-process with pytest.main, so the imports happen once. The files
-under test are loaded by path on every test (tests/conftest.load_module, baselines.py), so
-each mutant is read from disk afresh; bytecode caching is off for the same reason.
+config's pytest command in-process with pytest.main, so the imports happen once. Before each
+test run every module loaded from the mutated file is dropped from sys.modules, so the tests
+(tests/conftest.load_module, baselines.py) read the mutant from disk afresh; bytecode caching
+is off for the same reason.
 
     python mutation/exec_in_process.py mutation/metrics_topn.toml metrics_topn.sqlite
 
@@ -20,6 +21,7 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 
 sys.dont_write_bytecode = True
 
@@ -41,8 +43,22 @@ def pytest_args(test_command):
     return words[3:]
 
 
-def in_process_runner(args):
+def forget_modules_from(paths):
+    """Drop every module loaded from one of paths (baselines.py keeps the data and metrics
+    modules it loads in sys.modules and would otherwise hand the next mutant's tests a stale
+    copy)."""
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve() in paths:
+            del sys.modules[name]
+
+
+def in_process_runner(args, module_paths):
+    paths = {Path(path).resolve() for path in module_paths}
+
     def run_tests(_command, timeout):
+        forget_modules_from(paths)
+
         def alarm(_signum, _frame):
             raise TestTimeout()
 
@@ -77,7 +93,10 @@ def main(config_path, session_path):
     signal.signal(signal.SIGTERM, stop)
     config = load_config(config_path)
     args = pytest_args(config.test_command)
-    cosmic_ray.mutating.run_tests = in_process_runner(args)
+    module_paths = config["module-path"]
+    if isinstance(module_paths, str):
+        module_paths = [module_paths]
+    cosmic_ray.mutating.run_tests = in_process_runner(args, module_paths)
     with use_db(session_path, WorkDB.Mode.open) as db:
         pending = db.pending_work_items
         print(f"{len(pending)} pending mutants", flush=True)
