@@ -45,6 +45,12 @@ def parse_args(argv=None):
                         help="training users per batch")
     parser.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate")
     parser.add_argument("--optimizer", choices=("adam", "adagrad"), default="adam")
+    parser.add_argument("--user-optimizer", choices=("adam", "sparse-adam"), default="adam",
+                        help="the user vectors' optimiser: adam, dense, with the rest "
+                             "(--optimizer); sparse-adam: sparse gradients and "
+                             "torch.optim.SparseAdam at --lr, so the vectors of users "
+                             "outside a batch stay as they are (no effect with "
+                             "--no-user-node)")
     parser.add_argument("--hidden", type=positive_int, default=50, help="hidden units")
     parser.add_argument("--dropout", type=runs.dropout_rate, default=0.5,
                         help="corruption level q: share of input entries zeroed")
@@ -94,11 +100,46 @@ def epoch_seed(seed, epoch):
     return seed * 1_000_003 + epoch
 
 
+class SplitOptimiser:
+    """--user-optimizer sparse-adam: the network's parameters under `network` (Adam or
+    Adagrad), the sparse user vectors under SparseAdam, driven as one optimiser. Its state
+    dict holds both states, so last.pt and --resume carry both."""
+
+    def __init__(self, network, users):
+        self.network, self.users = network, users
+
+    @property
+    def param_groups(self):
+        return self.network.param_groups + self.users.param_groups
+
+    def zero_grad(self):
+        self.network.zero_grad()
+        self.users.zero_grad()
+
+    def step(self):
+        self.network.step()
+        self.users.step()
+
+    def state_dict(self):
+        return {"network": self.network.state_dict(), "users": self.users.state_dict()}
+
+    def load_state_dict(self, state):
+        self.network.load_state_dict(state["network"])
+        self.users.load_state_dict(state["users"])
+
+
 def build(args, n_items, n_users, device):
     torch.manual_seed(args.seed)
-    net = model.CDAE(n_items, n_users, args.hidden, not args.no_user_node).to(device)
+    sparse = args.user_optimizer == "sparse-adam" and not args.no_user_node
+    net = model.CDAE(n_items, n_users, args.hidden, not args.no_user_node,
+                     sparse_users=sparse).to(device)
     optimiser_class = torch.optim.Adam if args.optimizer == "adam" else torch.optim.Adagrad
-    return net, optimiser_class(net.parameters(), lr=args.lr)
+    if not sparse:  # one optimiser over every parameter, the user vectors' dense rows too
+        return net, optimiser_class(net.parameters(), lr=args.lr)
+    users = net.user_vectors.weight
+    network = [p for p in net.parameters() if p is not users]
+    return net, SplitOptimiser(optimiser_class(network, lr=args.lr),
+                               torch.optim.SparseAdam([users], lr=args.lr))
 
 
 def train_epoch(net, optimiser, train, args, epoch, device):

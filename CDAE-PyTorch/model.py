@@ -15,11 +15,14 @@ from torch import nn
 
 
 class CDAE(nn.Module):
-    def __init__(self, n_items, n_users, hidden=50, user_node=True):
+    def __init__(self, n_items, n_users, hidden=50, user_node=True, sparse_users=False):
+        """sparse_users: the user vectors get sparse gradients (rows of the batch's users
+        only), for torch.optim.SparseAdam; the weights and the state dict are the same."""
         super().__init__()
         self.encoder = nn.Linear(n_items, hidden)
         self.decoder = nn.Linear(hidden, n_items)
-        self.user_vectors = nn.Embedding(n_users, hidden) if user_node else None
+        self.user_vectors = (nn.Embedding(n_users, hidden, sparse=sparse_users) if user_node
+                             else None)
         if user_node:
             nn.init.normal_(self.user_vectors.weight, std=0.01)
 

@@ -240,3 +240,79 @@ def test_negative_sampling_rate():
     expected = model.expected_mask(x, 5.0)
     assert expected[:, 50:].sum(dim=1).mean().item() == pytest.approx(250, rel=1e-4)
     assert model.loss_mask(x, None, None) is None
+
+
+# ---------------------------------------------------------------- --user-optimizer
+
+
+def recorded_steps(user_optimizer, n_users=30, n_items=40, batch_size=10):
+    """One epoch of main.train_epoch on random rows, optimiser and network built by
+    main.build: per update, (the batch's users, user vectors before, after)."""
+    import scipy.sparse
+    main = load_main(FOLDER)
+    args = main.parse_args(["--user-optimizer", user_optimizer, "--hidden", "8",
+                            "--batch-size", str(batch_size), "--quiet"])
+    net, optimiser = main.build(args, n_items, n_users, torch.device("cpu"))
+    batches, steps = [], []
+    net.user_vectors.register_forward_hook(lambda _, inputs, out: batches.append(inputs[0]))
+    step = optimiser.step
+
+    def recording_step():
+        before = net.user_vectors.weight.detach().clone()
+        step()
+        steps.append((batches[-1], before, net.user_vectors.weight.detach().clone()))
+    optimiser.step = recording_step
+    rows = np.random.default_rng(0).random((n_users, n_items)) < 0.3
+    main.train_epoch(net, optimiser, scipy.sparse.csr_matrix(rows, dtype=np.float32), args,
+                     1, torch.device("cpu"))
+    assert len(steps) == n_users // batch_size
+    return main, args, net, optimiser, steps
+
+
+def moved_outside_the_batch(users, before, after):
+    outside = torch.ones(len(before), dtype=torch.bool)
+    outside[users] = False
+    changed = (before != after).any(dim=1)
+    assert changed[users].all()  # the batch's own vectors always move
+    return changed[outside].any().item()
+
+
+def test_sparse_adam_leaves_the_vectors_of_users_outside_the_batch_alone():
+    *_, steps = recorded_steps("adam")
+    # dense Adam: nothing outside the first batch moves (no gradient, no momentum yet),
+    # but afterwards the earlier batches' vectors go on moving on their stale momentum
+    assert not moved_outside_the_batch(*steps[0])
+    assert all(moved_outside_the_batch(*step) for step in steps[1:])
+
+    main, args, net, optimiser, steps = recorded_steps("sparse-adam")
+    assert not any(moved_outside_the_batch(*step) for step in steps)
+    assert net.user_vectors.sparse
+    # the network's weights are Adam's, the user vectors SparseAdam's; a checkpoint's
+    # optimiser state (both) loads into a fresh pair and gives the same next step
+    assert isinstance(optimiser.users, torch.optim.SparseAdam)
+    assert all(p is not net.user_vectors.weight
+               for group in optimiser.network.param_groups for p in group["params"])
+    state = optimiser.state_dict()
+    _, fresh = main.build(args, 40, 30, torch.device("cpu"))
+    fresh.load_state_dict(state)
+    assert fresh.users.state_dict()["state"][0]["step"] == len(steps)
+    assert torch.equal(fresh.users.state_dict()["state"][0]["exp_avg"],
+                       state["users"]["state"][0]["exp_avg"])
+    assert len(fresh.network.state_dict()["state"]) == 4  # W, b, W', b'
+
+
+def test_sparse_adam_trains_and_resumes_on_the_planted_data(top_n_file, tmp_path):
+    out = tmp_path / "run"
+    first = run_main(FOLDER, "--data-dir", top_n_file.parent, "--out-dir", out,
+                     "--epochs", "2", "--user-optimizer", "sparse-adam", "--comet", "off",
+                     *SMALL)
+    assert first.returncode == 0, first.stderr
+    resumed = run_main(FOLDER, "--resume", out, "--epochs", "4", "--comet", "off")
+    assert resumed.returncode == 0, resumed.stderr
+    results = results_of(out)
+    assert json.loads((out / "config.json").read_text())["user_optimizer"] == "sparse-adam"
+    assert [line["epoch"] for line in read_history(out)] == [1, 2, 3, 4]
+    popular, cooccurring = baselines(top_n_file.parent)
+    assert results["test"]["ndcg@10"] > FRACTION * cooccurring["ndcg@10"], \
+        (results["test"], cooccurring)
+    assert results["test"]["ndcg@100"] > popular["ndcg@100"] + 0.15, (results["test"], popular)
