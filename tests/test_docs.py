@@ -32,13 +32,15 @@ def banned_strings():
 
 
 def repository_files(suffix):
-    """Tracked and untracked-but-not-ignored files ending in suffix; without git, a walk
-    that skips hidden folders, run folders and virtual environments."""
+    """Tracked and untracked-but-not-ignored files ending in suffix, outside hidden folders
+    (a user's .venv); without git, a walk that skips hidden folders, run folders and
+    virtual environments."""
     try:
         listing = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
             cwd=REPO, capture_output=True, check=True).stdout.decode()
-        paths = [REPO / name for name in listing.split("\0") if name.endswith(suffix)]
+        paths = [REPO / name for name in listing.split("\0") if name.endswith(suffix)
+                 and not any(part.startswith(".") for part in Path(name).parts[:-1])]
     except (OSError, subprocess.CalledProcessError):
         paths = []
         for root, dirs, files in os.walk(REPO):
