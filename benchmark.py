@@ -681,7 +681,7 @@ def selected_section(rows):
     return ["", "## Settings selected on the validation data", "", *lines] if lines else []
 
 
-def header_lines(rows, records, args, invocation):
+def header_lines(rows, args, invocation):
     devices = sorted({d for row in rows for d in row["devices"]})
     checksums = sorted({c for row in rows for c in row["data_sha256"]})
     seeds = seed_list(args)
@@ -711,8 +711,8 @@ def header_lines(rows, records, args, invocation):
     return lines
 
 
-def write_markdown(path, rows, records, found, args, invocation):
-    lines = header_lines(rows, records, args, invocation)
+def write_markdown(path, rows, found, args, invocation):
+    lines = header_lines(rows, args, invocation)
     rating = [row for row in rows if row["protocol"] == "A"]
     if rating:
         lines += ["", "## Rating prediction: test RMSE (lower is better)", "",
@@ -867,7 +867,7 @@ def main(argv=None):
     rows = build_rows(records, args)
     found = comparisons(rows, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_markdown(args.out_dir / "results.md", rows, records, found, args, invocation)
+    write_markdown(args.out_dir / "results.md", rows, found, args, invocation)
     write_plot(args.out_dir / "results.png", rows, args.holdouts)
     write_json_summary(args.out_dir / "results.json", rows, records, found, args, invocation)
     print(f"wrote {args.out_dir / 'results.md'}, results.png and results.json")
