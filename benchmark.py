@@ -56,10 +56,14 @@ class Model:
     seconds: float              # rough single-run cost on 2 CPU cores: longest run first
     accepts_epochs: bool = True
     baseline: str = None        # the baselines.py positional argument
+    extra_args: tuple = ()      # flags that select this model within its folder
+    refit: bool = False         # run with --refit: a second row from the refit model
 
     @property
     def slug(self):
-        return f"baselines-{self.baseline}" if self.baseline else self.folder
+        if self.baseline:
+            return f"baselines-{self.baseline}"
+        return f"{self.folder}-{self.name.lower()}" if self.extra_args else self.folder
 
     @property
     def script(self):
@@ -71,12 +75,14 @@ class Model:
 
 
 MODELS = (
-    Model("AutoRec-TensorFlow", "AutoRec", "A", 200),
-    Model("NVIDIA-DeepRec-TensorFlow", "DeepRec", "A", 380),
+    Model("AutoRec-TensorFlow", "AutoRec", "A", 300, refit=True),
+    Model("NVIDIA-DeepRec-TensorFlow", "DeepRec", "A", 500, refit=True),
     Model("CDAE-PyTorch", "CDAE", "B", 70),
     Model("VAE-PyTorch", "Mult-VAE", "B", 150),
     Model("SVAE-PyTorch", "SVAE", "B", 560),
     Model("ESAE-PyTorch", "EASE", "B", 20, accepts_epochs=False),
+    Model("ESAE-PyTorch", "EDLAE", "B", 40, accepts_epochs=False,
+          extra_args=("--model", "edlae")),
 )
 BASELINES = (
     Model("baselines", "Global mean", "A", 5, False, "global-mean"),
@@ -86,7 +92,10 @@ BASELINES = (
 )
 # Paired rating comparisons by name (top-N rows are compared with EASE and popularity).
 RATING_COMPARISONS = (("AutoRec", "DeepRec"), ("AutoRec", "Bias (damped)"),
-                      ("DeepRec", "Bias (damped)"), ("Bias (damped)", "Global mean"))
+                      ("DeepRec", "Bias (damped)"), ("Bias (damped)", "Global mean"),
+                      ("AutoRec (refit)", "AutoRec"), ("DeepRec (refit)", "DeepRec"),
+                      ("AutoRec (refit)", "DeepRec (refit)"))
+REFIT_SUFFIX = " (refit)"
 
 # Figures published by the old reference implementation, on its own protocols
 # (P/R/NDCG at 100 for top-N). They are not comparable to ours; shown apart for orientation.
@@ -136,7 +145,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Run the autoencoder model folders and the baselines on MovieLens-1M "
                     "over unseen seeds and both top-N hold-outs; write benchmark/results.md, "
-                    "results.json and results.png. Exits 1 when a run failed.")
+                    "results.json and results.png. Exits 1 when a run failed or a row lacks "
+                    "a seed.")
     parser.add_argument("--models", nargs="+", type=model_choice, default=list(MODELS),
                         metavar="MODEL", help="subset to run, by folder or model name "
                         "(default: all six)")
@@ -211,7 +221,9 @@ def child_command(model, holdout, seed, args, run_dir):
     command = [sys.executable, str(args.repo_root / model.script)]
     if model.baseline:
         command.append(model.baseline)
-    command += ["--out-dir", str(run_dir), "--quiet", "--seed", str(seed)]
+    command += [*model.extra_args, "--out-dir", str(run_dir), "--quiet", "--seed", str(seed)]
+    if model.refit:
+        command.append("--refit")
     if args.data_dir is not None:
         command += ["--data-dir", str(args.data_dir)]
     if args.no_download:
@@ -451,6 +463,11 @@ UNIT_FILES = {  # protocol -> (file, key columns that must match, value of one u
 }
 
 
+def unit_file(record, file_name):
+    """The per-unit file of a run; a refit row reads the refit model's (refit_<file>)."""
+    return Path(record["run_dir"]) / (record.get("unit_prefix", "") + file_name)
+
+
 def compare(row_a, row_b, args):
     """Paired difference of two rows of the same protocol and hold-out over shared seeds."""
     protocol = row_a["protocol"]
@@ -463,8 +480,8 @@ def compare(row_a, row_b, args):
     groups = []
     for seed in sorted(set(runs_a) & set(runs_b)):
         try:
-            units_a = read_units(Path(runs_a[seed]["run_dir"]) / file_name)
-            units_b = read_units(Path(runs_b[seed]["run_dir"]) / file_name)
+            units_a = read_units(unit_file(runs_a[seed], file_name))
+            units_b = read_units(unit_file(runs_b[seed], file_name))
         except (OSError, ValueError, KeyError) as error:
             return {**comparison, "error": f"seed {seed}: no readable {file_name} ({error})"}
         if any(not np.array_equal(units_a[key], units_b[key]) for key in keys):
@@ -508,7 +525,7 @@ def comparisons(rows, args):
 # ---------------------------------------------------------------- summary
 
 
-def summarise(model, holdout, records):
+def summarise(model, holdout, records, name=None):
     """One table row: metric -> list of values over the row's successful runs, and more."""
     ok = [r for r in records if r["status"] == "ok"]
     values = {}
@@ -524,7 +541,7 @@ def summarise(model, holdout, records):
                            ("peak_memory_mb", memory)):
             if value is not None:
                 values.setdefault(key, []).append(float(value))
-    return {"folder": model.folder, "model": model.name,
+    return {"folder": model.folder, "model": name or model.name,
             "kind": "baseline" if model.baseline else "model",
             "protocol": model.protocol, "holdout": holdout, "values": values,
             "n_ok": len(ok), "n_runs": len(records), "ok_records": ok,
@@ -544,7 +561,25 @@ def build_rows(records, args):
         for holdout in (args.holdouts if model.protocol == "B" else [None]):
             mine = [r for r in records if r["name"] == model.name and r["holdout"] == holdout]
             rows.append(summarise(model, holdout, mine))
+            if model.refit:
+                rows.append(summarise(model, holdout, [refit_view(r) for r in mine],
+                                      name=model.name + REFIT_SUFFIX))
     return rows
+
+
+def refit_view(record):
+    """A --refit run seen as its refit model: the refit's test figures, epochs and per-unit
+    file in place of those of the model chosen on validation. Wall time and memory stay the
+    whole run's (the refit figure costs both trainings)."""
+    view = {**record, "unit_prefix": "refit_"}
+    if record["status"] != "ok":
+        return view
+    refit = record["results"].get("refit")
+    if not isinstance(refit, dict) or not isinstance(refit.get("test"), dict):
+        return {**view, "status": "failed", "error": "no refit figures in results.json"}
+    view["results"] = {**record["results"], "test": refit["test"],
+                       "best_epoch": refit.get("epochs")}
+    return view
 
 
 def fmt(values, digits=4):
@@ -728,7 +763,11 @@ def write_markdown(path, rows, found, args, invocation):
               "held-out test users (both protocols in PROTOCOLS.md). Every figure is the "
               "mean ± sample standard deviation over the seeds, each seed its own split and "
               "initialisation. Best epochs and selected settings come from validation data "
-              "only; the test set is evaluated once per run. Wall time and peak memory "
+              "only; the test set is evaluated once per model. A \"(refit)\" row comes from "
+              "the same run as the row above it: after the best epoch was chosen on "
+              "validation, the model was retrained from scratch on training + validation "
+              "ratings for that many epochs (its best epoch column) and evaluated once on "
+              "the same test ratings; its wall time is the whole run's. Wall time and peak memory "
               "(maximum resident set size) are measured by benchmark.py for the whole "
               "process: start-up, data loading, training and evaluation."]
     if found:
@@ -874,7 +913,10 @@ def main(argv=None):
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         print(f"{len(failed)} of {len(records)} runs failed", file=sys.stderr)
-    return 1 if failed else 0
+    incomplete = [row["model"] for row in rows if row["failures"]]  # refit rows included
+    if incomplete:
+        print(f"rows missing a seed: {', '.join(sorted(set(incomplete)))}", file=sys.stderr)
+    return 1 if incomplete else 0
 
 
 if __name__ == "__main__":

@@ -40,11 +40,14 @@ FAKE = """
     parser.add_argument("--heldout-users", type=int, default=600)
     parser.add_argument("--no-download", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--refit", action="store_true")
+    parser.add_argument("--model")
     args = parser.parse_args()
-    quality = QUALITY[args.baseline] if isinstance(QUALITY, dict) else QUALITY
+    quality = (QUALITY[args.baseline or args.model] if isinstance(QUALITY, dict)
+               else QUALITY)
     protocol = PROTOCOL if PROTOCOL != "auto" else ("B" if args.holdout else "A")
     rng = np.random.RandomState(args.seed + (7 if args.holdout == "temporal" else 0))
-    units = 40
+    units, refit = 40, None
     if protocol == "B":
         ndcg = np.clip(0.5 * rng.rand(units) + quality, 0, 1)
         lines = ["user_id,n_fold_in,n_target,ndcg@100"] + [
@@ -60,7 +63,14 @@ FAKE = """
             for u, (r, p) in enumerate(zip(ratings, predictions))]
         (args.out_dir / "test_predictions.csv").write_text("\\n".join(lines) + "\\n")
         test = {{"rmse": quality + 0.01 * (args.seed - 101), "n_ratings": units}}
+        if args.refit:  # the refit model: half the error on the same test ratings
+            lines = ["user_id,movie_id,rating,prediction"] + [
+                f"{{u + 1}},{{2 * u + 5}},{{r}},{{float(r + (p - r) / 2)!r}}"
+                for u, (r, p) in enumerate(zip(ratings, predictions))]
+            (args.out_dir / "refit_test_predictions.csv").write_text("\\n".join(lines) + "\\n")
+            refit = {{"epochs": 7, "test": {{"rmse": test["rmse"] / 2, "n_ratings": units}}}}
     results = {{"model": "fake", "protocol": protocol, "holdout": args.holdout, "test": test,
+               **({{"refit": refit}} if refit else {{}}),
                "best_epoch": args.epochs, "selected": {{}}, "seed": args.seed,
                "data_sha256": "f" * 64, "device": "cpu", "argv": sys.argv[1:],
                "threads": os.environ.get("OMP_NUM_THREADS")}}
@@ -254,6 +264,58 @@ def test_default_seeds_hold_outs_baselines_and_paired_comparisons(tmp_path):
     assert np.asarray(image)[..., :3].std() > 0.05  # not a blank canvas
 
 
+def test_refit_runs_give_a_second_labelled_row_paired_on_the_refit_predictions(tmp_path):
+    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": fake(0.6, "A")})
+    done = run_benchmark(root, "--models", "AutoRec", "--no-baselines", "--bootstrap", 300)
+    assert done.returncode == 0, done.stderr
+    result = summary(root)
+    assert all("--refit" in json.loads((root / r["run_dir"] / "results.json").read_text())
+               ["argv"] for r in result["runs"])
+    assert len(result["runs"]) == 3  # one run per seed serves both rows
+    rating = by_model(tables((root / "benchmark/results.md").read_text())
+                      ["Rating prediction: test RMSE (lower is better)"])
+    assert list(rating) == ["AutoRec", "AutoRec (refit)"]
+    assert rating["AutoRec"]["RMSE per seed"] == "0.6000, 0.6100, 0.6200"
+    assert rating["AutoRec (refit)"]["RMSE per seed"] == "0.3000, 0.3050, 0.3100"
+    assert rating["AutoRec (refit)"]["Best epoch"] == "7, 7, 7"
+    (comparison,) = [c for c in result["comparisons"] if c["a"] == "AutoRec (refit)"]
+    assert comparison["b"] == "AutoRec" and comparison["error"] is None
+    # read from refit_test_predictions.csv: half of every error, so RMSE halves exactly
+    units = [np.loadtxt(root / r["run_dir"] / "test_predictions.csv", delimiter=",",
+                        skiprows=1) for r in result["runs"]]
+    errors = np.concatenate([(u[:, 3] - u[:, 2]) ** 2 for u in units])
+    assert comparison["difference"] == pytest.approx(-np.sqrt(errors.mean()) / 2)
+    assert comparison["verdict"] == "AutoRec (refit) better"
+
+
+def test_a_run_without_refit_figures_fails_its_refit_row_only(tmp_path):
+    silent_refit = fake(0.6, "A").replace("if args.refit:", "if False:")
+    root = fake_tree(tmp_path / "repo", {"AutoRec-TensorFlow": silent_refit})
+    done = run_benchmark(root, "--models", "AutoRec", "--no-baselines", "--seeds", 1)
+    assert done.returncode == 1  # a row failed
+    rows = {row["model"]: row for row in summary(root)["rows"]}
+    assert rows["AutoRec"]["n_ok"] == 1 and rows["AutoRec (refit)"]["n_ok"] == 0
+    assert "no refit figures" in (root / "benchmark/results.md").read_text()
+
+
+def test_edlae_is_its_own_row_from_the_ease_folder(tmp_path):
+    root = fake_tree(tmp_path / "repo", {"ESAE-PyTorch": fake({None: 0.4, "edlae": 0.45}, "B")})
+    done = run_benchmark(root, "--models", "EASE", "EDLAE", "--no-baselines", "--seeds", 1,
+                         "--holdouts", "random", "--bootstrap", 300)
+    assert done.returncode == 0, done.stderr
+    runs = {r["name"]: r for r in summary(root)["runs"]}
+    edlae_argv = json.loads((root / runs["EDLAE"]["run_dir"] / "results.json").read_text())["argv"]
+    assert edlae_argv[:2] == ["--model", "edlae"]
+    assert runs["EDLAE"]["run_dir"] != runs["EASE"]["run_dir"]
+    top_n = by_model(tables((root / "benchmark/results.md").read_text())
+                     ["Top-N ranking, random hold-out: test users (higher is better)"])
+    assert top_n["EDLAE"]["NDCG@100 (mean ± sd)"] == "0.4500"
+    assert top_n["EASE"]["NDCG@100 (mean ± sd)"] == "0.4000"
+    (comparison,) = summary(root)["comparisons"]
+    assert (comparison["a"], comparison["b"]) == ("EDLAE", "EASE")
+    assert comparison["difference"] == pytest.approx(0.05)
+
+
 def test_runs_of_different_splits_are_not_compared(tmp_path):
     shifted = fake(0.3, "B").replace('f"{{3 * u + 1}}', 'f"{{3 * u + 2}}').replace(
         "{3 * u + 1}", "{3 * u + 2}")
@@ -357,13 +419,14 @@ def test_report_only_rebuilds_the_report_without_running(tmp_path):
 # ---------------------------------------------------------------- the real scripts
 
 
-@pytest.mark.parametrize("folder", RATING_FOLDERS + TOP_N_FOLDERS)
-def test_every_flag_the_benchmark_passes_is_accepted_by_the_real_script(folder, tmp_path):
+@pytest.mark.parametrize("name", [m.name for m in load_benchmark().MODELS])
+def test_every_flag_the_benchmark_passes_is_accepted_by_the_real_script(name, tmp_path):
     benchmark = load_benchmark()
     args = benchmark.parse_args(["--data-dir", str(tmp_path), "--device", "cpu", "--comet",
                                  "off", "--epochs", "1", "--heldout-users", "5",
                                  "--no-download", "--timeout", "5"])
-    model = [m for m in benchmark.MODELS if m.folder == folder][0]
+    model = [m for m in benchmark.MODELS if m.name == name][0]
+    folder = model.folder
     holdout = "temporal" if model.protocol == "B" else None
     command = benchmark.child_command(model, holdout, 101, args, tmp_path / "run")
     probe = ("import sys; sys.path.insert(0, '.'); import main; "
