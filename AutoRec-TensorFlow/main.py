@@ -8,6 +8,7 @@ metrics.jsonl, results.json, checkpoints), --resume and CometML logging use runs
 """
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -16,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse as sp
 from tqdm import tqdm
 
 import data
@@ -24,6 +27,10 @@ import runs
 from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
 FOLDER = Path(__file__).resolve().parent
+# The 'last' checkpoint (weights, optimiser, training state) is written every this many
+# epochs, and after the final, the --stop-after and the early-stopping epoch; a resumed
+# run repeats the epochs since (the same results, see README.md).
+LAST_EVERY = 5
 MODEL_NAME = "AutoRec"
 DEFAULT_SEED = 1994
 
@@ -114,6 +121,11 @@ def parse_args(argv=None):
     parser.add_argument("--stop-after", type=positive_int, metavar="EPOCH",
                         help="stop after this epoch's checkpoint as if interrupted "
                              "(to exercise --resume)")
+    parser.add_argument("--refit", action="store_true",
+                        help="after the run, train a fresh network (same seed) on training "
+                             "+ validation ratings for the best epoch's number of epochs and "
+                             "evaluate it on the test set too (results.json 'refit'); "
+                             "a resumed run refits when its first run was given --refit")
     runs.add_run_arguments(parser)
     return runs.parse_with_resume(parser, argv)
 
@@ -151,38 +163,71 @@ def evaluate(network, inputs, pairs, split, variant, predictions_csv=None):
 class Checkpoints:
     """Atomic checkpoints of a run: 'last' (weights, optimiser, training state) and 'best'.
 
-    tf.train.CheckpointManager writes each checkpoint under a new name and then updates
-    its index atomically; train_state.json (written atomically after the weights) names
-    the checkpoints it belongs to. Both managers keep the previous checkpoint too, so a
-    crash at any point leaves a state file whose checkpoints exist.
+    The best weights are copied in memory (into best_network, a second network of the same
+    shape) whenever the validation RMSE improves, and written to disk with the last state:
+    save() writes 'best' if it changed since, then 'last', then train_state.json. main
+    calls it every LAST_EVERY epochs and after the run's final epoch, so the run writes a
+    few checkpoints instead of two every epoch. tf.train.CheckpointManager writes each
+    checkpoint under a new name and then updates its index atomically; train_state.json
+    (written atomically after the weights) names the checkpoints it belongs to. Both
+    managers keep the previous checkpoint too, so a crash at any point leaves a state file
+    whose checkpoints exist.
     """
 
-    def __init__(self, run_dir, network, optimizer):
+    def __init__(self, run_dir, network, optimizer, best_network):
         self.run_dir = run_dir
+        self.network, self.best_network = network, best_network
         self.state_path = run_dir / "train_state.json"
         self.last = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=network, optimizer=optimizer),
             str(run_dir / "checkpoints" / "last"), max_to_keep=2)
-        self.best_checkpoint = tf.train.Checkpoint(model=network)
+        self.best_checkpoint = tf.train.Checkpoint(model=best_network)
         self.best = tf.train.CheckpointManager(
             self.best_checkpoint, str(run_dir / "checkpoints" / "best"), max_to_keep=2)
+        self.best_unsaved = False
+        self.saved_epoch = 0
 
-    def save(self, state, improved):
-        if improved:
-            state["best"]["checkpoint"] = self.best.save(checkpoint_number=state["epoch"])
+    def keep_best(self):
+        """The network's current weights become the best ones (in memory until save)."""
+        for kept, current in zip(self.best_network.variables, self.network.variables):
+            kept.assign(current)
+        self.best_unsaved = True
+
+    def save_best(self, state):
+        """Write the best weights if they changed since they were last written."""
+        if self.best_unsaved:
+            state["best"]["checkpoint"] = self.best.save(
+                checkpoint_number=state["best"]["epoch"])
+            self.best_unsaved = False
+
+    def save(self, state):
+        self.save_best(state)
         state["checkpoint"] = self.last.save(checkpoint_number=state["epoch"])
         runs.write_json(self.state_path, state)
+        self.saved_epoch = state["epoch"]
 
     def load_state(self):
-        """The saved training state with weights and optimiser restored, or None."""
+        """The saved training state with weights, optimiser and best weights restored, or
+        None."""
         if not self.state_path.is_file():
             return None
         state = json.loads(self.state_path.read_text())
         self.last.checkpoint.restore(state["checkpoint"]).assert_consumed()
+        if state["best"]["checkpoint"] is not None:
+            self.best_checkpoint.restore(state["best"]["checkpoint"]).expect_partial()
+        self.saved_epoch = state["epoch"]
         return state
 
-    def restore_best(self, state):
-        self.best_checkpoint.restore(state["best"]["checkpoint"]).expect_partial()
+    def restore_best(self):
+        """Put the best weights back into the network."""
+        for current, kept in zip(self.network.variables, self.best_network.variables):
+            current.assign(kept)
+
+
+def build(args, inputs):
+    """A fresh network (initial weights from args.seed) and its trainer on `inputs`."""
+    network = model.AutoRec(int(inputs.shape[1]), args.hidden, seed=args.seed)
+    return network, model.Trainer(network, inputs, args.lam, args.lr, args.lr_decay)
 
 
 def initial_state():
@@ -205,6 +250,7 @@ def train(args, split, network, inputs, trainer, checkpoints, state, experiment,
                 bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             loss = trainer.train_epoch(args.batch_size, args.seed, epoch, progress)
         if not math.isfinite(loss):
+            checkpoints.save_best(state)  # the message names the best checkpoint
             raise TrainingDiverged(diverged_message(loss, epoch, state))
         runs.log_epoch(experiment, epoch, {"train_loss": loss})
         if epoch % args.eval_every and epoch != args.epochs:
@@ -218,14 +264,18 @@ def train(args, split, network, inputs, trainer, checkpoints, state, experiment,
         improved = best["validation"] is None or validation["rmse"] < best["validation"]["rmse"]
         if improved:
             state["best"].update(epoch=epoch, validation=validation)
+            checkpoints.keep_best()
         state["bad_evaluations"] = 0 if improved else state["bad_evaluations"] + 1
         state["stopped"] = state["bad_evaluations"] >= args.patience
         state["epoch"] = epoch
         state["wall_seconds"] = time.time() - started
-        checkpoints.save(state, improved)
+        stop_here = args.stop_after is not None and epoch >= args.stop_after
+        if (epoch - checkpoints.saved_epoch >= LAST_EVERY or state["stopped"]
+                or epoch >= args.epochs or stop_here):
+            checkpoints.save(state)
         tqdm.write(f"epoch {epoch}: train loss {loss:.4f}, validation RMSE "
                    f"{validation['rmse']:.4f}" + (" (best)" if improved else ""))
-        if args.stop_after is not None and epoch >= args.stop_after:
+        if stop_here:
             print(f"stopped after epoch {epoch} as asked; continue with --resume {run_dir}")
             return False
     return True
@@ -237,6 +287,65 @@ def diverged_message(loss, epoch, state):
             if best["checkpoint"] else "no checkpoint had been written yet")
     return (f"training loss became {loss} at epoch {epoch}; the run was stopped "
             f"(try a smaller --lr); {kept}")
+
+
+# ---------------------------------------------------------------- refit
+
+
+def refit_split(split):
+    """The split a refit trains on: its training matrix holds the training and the
+    validation ratings; it has no validation pairs (nothing is selected during a refit)
+    and the same test pairs (read only by the single evaluation after the refit)."""
+    validation = split.validation
+    held = sp.csr_matrix((validation.ratings, (validation.users, validation.items)),
+                         shape=split.train.shape, dtype=np.float32)
+    empty = type(validation)(validation.users[:0], validation.items[:0],
+                             validation.ratings[:0])
+    return dataclasses.replace(split, train=(split.train + held).tocsr(), validation=empty)
+
+
+def refit_train(args, split, epochs, experiment=None):
+    """A fresh network (same seed and settings) trained on refit_split(split) for `epochs`
+    epochs with the learning-rate schedule of the run, no evaluation in between; returns
+    (network, its input matrix, the refit split). Reads no test rating."""
+    merged = refit_split(split)
+    inputs = network_input(merged, args.variant)
+    network, trainer = build(args, inputs)
+    for epoch in range(1, epochs + 1):
+        with tqdm(total=math.ceil(int(inputs.shape[0]) / args.batch_size),
+                  desc=f"refit epoch {epoch}", unit="batch", leave=False,
+                  disable=args.quiet) as bar:
+            loss = trainer.train_epoch(args.batch_size, args.seed, epoch,
+                                       lambda losses: bar.update(1))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"refit: training loss became {loss} at epoch {epoch}; "
+                                   f"the run's own results were not written")
+        runs.log_epoch(experiment, epoch, {"refit_train_loss": loss})
+        tqdm.write(f"refit epoch {epoch}/{epochs}: train loss {loss:.4f}")
+    return network, inputs, merged
+
+
+def refit(args, split, epochs, run_dir, experiment):
+    """--refit: train on training + validation for `epochs` epochs, save the weights
+    (checkpoints/refit/), evaluate the test set once (refit_test_predictions.csv);
+    returns results.json's "refit" entry."""
+    started = time.time()
+    network, inputs, merged = refit_train(args, split, epochs, experiment)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=network),
+                               str(run_dir / "checkpoints" / "refit"),
+                               max_to_keep=1).save(checkpoint_number=epochs)
+    test = evaluate(network, inputs, merged.test, merged, args.variant,
+                    run_dir / "refit_test_predictions.csv")
+    result = {"epochs": epochs, "train_ratings": int(merged.train.nnz), "test": test,
+              "wall_seconds": round(time.time() - started, 2)}
+    if experiment is not None:
+        experiment.log_metrics(test, prefix="refit_test")
+        experiment.log_metrics({"refit_epochs": epochs, "refit_train_ratings":
+                                result["train_ratings"],
+                                "refit_wall_seconds": result["wall_seconds"]})
+    print(f"refit on training + validation ({result['train_ratings']} ratings, {epochs} "
+          f"epochs): test RMSE {test['rmse']:.4f}")
+    return result
 
 
 # ---------------------------------------------------------------- run
@@ -269,9 +378,9 @@ def run(args):
 
     with tf.device(device):
         inputs = network_input(split, args.variant)
-        network = model.AutoRec(int(inputs.shape[1]), args.hidden, seed=args.seed)
-        trainer = model.Trainer(network, inputs, args.lam, args.lr, args.lr_decay)
-        checkpoints = Checkpoints(run_dir, network, trainer.optimizer)
+        network, trainer = build(args, inputs)
+        best_network = model.AutoRec(int(inputs.shape[1]), args.hidden, seed=args.seed)
+        checkpoints = Checkpoints(run_dir, network, trainer.optimizer, best_network)
         state = (checkpoints.load_state() if args.resume is not None else None) or \
             initial_state()
         if args.resume is not None:
@@ -290,12 +399,19 @@ def run(args):
         if not finished:
             runs.finish_comet(experiment, run_dir)
             return None
-        checkpoints.restore_best(state)
+        checkpoints.restore_best()
         test = evaluate(network, inputs, split.test, split, args.variant,
                         run_dir / "test_predictions.csv")
-    best = state["best"]
-    print(f"test RMSE {test['rmse']:.4f} (best epoch {best['epoch']}, validation RMSE "
-          f"{best['validation']['rmse']:.4f})")
+        best = state["best"]
+        print(f"test RMSE {test['rmse']:.4f} (best epoch {best['epoch']}, validation RMSE "
+              f"{best['validation']['rmse']:.4f})")
+        if args.refit:
+            del network, trainer, best_network, checkpoints, inputs  # memory for the refit
+            try:
+                refitted = refit(args, split, best["epoch"], run_dir, experiment)
+            except TrainingDiverged:
+                runs.finish_comet(experiment, run_dir)
+                raise
 
     results = {"model": MODEL_NAME, "folder": FOLDER.name, "protocol": "A",
                "variant": args.variant, "test": test, "validation": best["validation"],
@@ -303,6 +419,8 @@ def run(args):
                "wall_seconds": round(previous_wall + time.time() - started, 2),
                "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
                "data_sha256": ratings.sha256, "device": device}
+    if args.refit:
+        results["refit"] = refitted
     runs.finish_run(experiment, run_dir, results, run_dir / "checkpoints" / "best",
                     args.comet_log_model)
     return results
