@@ -1,8 +1,9 @@
-"""ESAE-PyTorch: train and evaluate EASE (Steck 2019) on MovieLens-1M, Protocol B of
-PROTOCOLS.md (top-N ranking under strong generalisation).
+"""ESAE-PyTorch: train and evaluate EASE (Steck 2019) or full-rank EDLAE (Steck 2020,
+--model edlae) on MovieLens-1M, Protocol B of PROTOCOLS.md (top-N ranking under strong
+generalisation).
 
-The experiment: command line, data, the lambda search on the validation users, the single
-test evaluation and the results. The run folder (config.json, metrics.jsonl, results.json,
+The experiment: command line, data, the lambda (and EDLAE's dropout rate) search on the
+validation users, the single test evaluation and the results. The run folder (config.json, metrics.jsonl, results.json,
 model.pt) and CometML logging use runs.py. Usage: python ESAE-PyTorch/main.py --help
 """
 import argparse
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import data
 import metrics
@@ -20,29 +20,60 @@ import runs
 from runs import non_negative_int, positive_float
 
 FOLDER = Path(__file__).resolve().parent
-MODEL_NAME = "EASE"
-DEFAULT_LAMBDAS = (250.0, 500.0, 1000.0, 2000.0)
+MODEL_NAMES = {"ease": "EASE", "edlae": "EDLAE"}
+# EASE: 9 values, 4 per decade from 50 to 5000 (np.geomspace(50, 5000, 9), 3 digits).
+DEFAULT_LAMBDAS = {"ease": (50.0, 88.9, 158.0, 281.0, 500.0, 889.0, 1580.0, 2810.0, 5000.0),
+                   "edlae": (10.0, 17.8, 31.6, 56.2, 100.0, 178.0, 316.0, 562.0, 1000.0)}
+DEFAULT_DROPOUTS = (0.1, 0.2, 0.33, 0.5)
 SELECTION_METRIC = "ndcg@100"
+SEARCH_DTYPE = torch.float32  # the validation solves; the final B is float64
 
 
 # ---------------------------------------------------------------- command line
 
 
+def dropout_list(text):
+    return [runs.dropout_rate(part) for part in text.split(",")]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="EASE (Steck 2019) on MovieLens-1M: top-N ranking under strong "
-                    "generalisation (PROTOCOLS.md, Protocol B).")
+        description="EASE (Steck 2019) or full-rank EDLAE (Steck 2020) on MovieLens-1M: "
+                    "top-N ranking under strong generalisation (PROTOCOLS.md, Protocol B).")
     runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
+    parser.add_argument("--model", choices=tuple(MODEL_NAMES), default="ease",
+                        help="ease: B = I - P diag(1/diag P), P = (X^T X + lambda I)^-1; "
+                             "edlae: the same with X^T X's diagonal also weighted by "
+                             "p/(1-p), p the dropout rate (default: %(default)s)")
     parser.add_argument("--seed", type=non_negative_int, default=98765,
                         help="seed of the user permutation and the random hold-out")
     parser.add_argument("--lam", type=positive_float,
-                        help="fixed L2 weight lambda; skips the validation search")
-    parser.add_argument("--lambdas", type=runs.positive_float_list, default=list(DEFAULT_LAMBDAS),
+                        help="fixed L2 weight lambda; skips the lambda search")
+    parser.add_argument("--lambdas", type=runs.positive_float_list,
                         help="comma-separated lambda grid searched on the validation users "
-                             "(default: %(default)s)")
+                             "(default, ease: " + fmt(DEFAULT_LAMBDAS["ease"]) + "; edlae: "
+                             + fmt(DEFAULT_LAMBDAS["edlae"]) + ")")
+    parser.add_argument("--dropout", type=runs.dropout_rate,
+                        help="edlae: fixed dropout rate p in [0, 1); skips the p search")
+    parser.add_argument("--dropouts", type=dropout_list,
+                        help="edlae: comma-separated grid of dropout rates p searched on the "
+                             "validation users (default: " + fmt(DEFAULT_DROPOUTS) + ")")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="solve every lambda of the grid; by default a golden-section "
+                             "search over the sorted grid solves about half of them "
+                             "(it assumes validation NDCG@100 rises, then falls with lambda)")
     runs.add_top_n_arguments(parser, metrics.DEFAULT_KS)
     runs.add_run_arguments(parser, resume=False)
-    return parser.parse_args(argv)
+    parser.add_argument("--threads", type=runs.positive_int,
+                        help="CPU threads of PyTorch (default: PyTorch's own, one per core)")
+    args = parser.parse_args(argv)
+    if args.model == "ease" and (args.dropout is not None or args.dropouts is not None):
+        parser.error("--dropout and --dropouts apply to --model edlae only")
+    return args
+
+
+def fmt(values):
+    return ",".join(f"{v:g}" for v in values)
 
 
 def pick_device(choice):
@@ -51,6 +82,17 @@ def pick_device(choice):
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+def grids(args):
+    """(lambdas, dropouts) searched: one value each where fixed; dropouts (0.0,) for EASE."""
+    lambdas = ([args.lam] if args.lam is not None else
+               args.lambdas if args.lambdas is not None else DEFAULT_LAMBDAS[args.model])
+    if args.model == "ease":
+        return sorted(set(lambdas)), [0.0]
+    dropouts = ([args.dropout] if args.dropout is not None else
+                args.dropouts if args.dropouts is not None else DEFAULT_DROPOUTS)
+    return sorted(set(lambdas)), sorted(set(dropouts))
 
 
 # ---------------------------------------------------------------- training
@@ -67,33 +109,57 @@ def evaluate(weights, held_out, ks, per_user_csv=None):
     return metrics.average([per_user])
 
 
-def search_lambda(gram, split, lambdas, ks, args, run_dir, experiment):
-    """Solve once per lambda, keep the weights with the best validation NDCG@100."""
+def search(gram, validation_users, lambdas, dropouts, ks, exhaustive=False, record=None,
+           dtype=SEARCH_DTYPE):
+    """The (lambda, dropout) of the grids with the best validation NDCG@100, and its
+    validation metrics. Each candidate is solved in dtype for the validation rows only
+    (model.validation_scores); for each dropout rate, lambda is found by model.search_grid
+    (or every lambda, exhaustive). record(lam, dropout, validation) is called for each
+    candidate solved. Ties go to the smaller lambda, then the smaller dropout rate."""
+    solved = {}
+
+    def score(lam, dropout):
+        penalty = model.edlae_penalty(gram, lam, dropout)
+        item_scores = model.validation_scores(gram, penalty, validation_users.fold_in, dtype)
+        validation = metrics.average([metrics.per_user_metrics(
+            item_scores, validation_users.fold_in, validation_users.target, ks)])
+        solved[lam, dropout] = validation
+        if record is not None:
+            record(lam, dropout, validation)
+        return validation[SELECTION_METRIC]
+
     best = None
-    for step, lam in enumerate(tqdm(lambdas, desc="lambda", disable=args.quiet), start=1):
-        weights = model.ease_weights(gram, lam)
-        validation = evaluate(weights, split.validation, ks)
-        runs.append_jsonl(run_dir / "metrics.jsonl", {"step": step, "lambda": lam,
-                                                     "validation": validation})
-        if experiment is not None:
-            experiment.log_metric("lambda", lam, step=step)
-            experiment.log_metrics(validation, prefix="val", step=step)
-        tqdm.write(runs.summary_line(f"lambda {lam:g} validation", validation))
-        if best is None or validation[SELECTION_METRIC] > best[2][SELECTION_METRIC]:
-            best = (lam, weights, validation)
+    for dropout in sorted(dropouts):
+        if exhaustive:
+            values = {lam: score(lam, dropout) for lam in sorted(lambdas)}
+            lam = max(values, key=lambda v: (values[v], -v))
+        else:
+            lam, _ = model.search_grid(lambdas, lambda v: score(v, dropout))
+        if best is None or solved[lam, dropout][SELECTION_METRIC] > best[2][SELECTION_METRIC]:
+            best = (lam, dropout, solved[lam, dropout])
     return best
 
 
-def save_checkpoint(run_dir, weights, lam, item_ids):
-    state = {"model": MODEL_NAME, "lambda": lam, "item_ids": item_ids,
+def final_weights(gram, lam, dropout):
+    """The selected B, float64."""
+    return model.edlae_weights(gram, lam, dropout)
+
+
+def save_checkpoint(run_dir, model_name, weights, lam, dropout, item_ids):
+    state = {"model": model_name, "lambda": lam, "item_ids": item_ids,
              "weights": weights.to(torch.float32).cpu()}
+    if model_name == "EDLAE":
+        state["dropout"] = dropout
     runs.write_atomic(run_dir / "model.pt", lambda tmp: torch.save(state, tmp))
 
 
 def run(args):
     started = time.time()
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    model_name = MODEL_NAMES[args.model]
     ks = sorted(set(args.ks) | {100})
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
                                             quiet=args.quiet)
@@ -101,24 +167,55 @@ def run(args):
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
-    lambdas = [args.lam] if args.lam is not None else args.lambdas
-    config = {**runs.config_values(args), "model": MODEL_NAME, "device_used": str(device),
+    lambdas, dropouts = grids(args)
+    config = {**runs.config_values(args), "model": model_name, "device_used": str(device),
               "lambdas": lambdas, "n_train_users": len(split.train_user_ids),
               "n_items": split.n_items, "data_sha256": ratings.sha256}
+    if args.model == "edlae":
+        config["dropouts"] = dropouts
     runs.write_json(run_dir / "config.json", config)
     experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-        MODEL_NAME, FOLDER.name, "B", args.holdout, args.seed))
+        model_name, FOLDER.name, "B", args.holdout, args.seed))
+
+    step = 0
+
+    def record(lam, dropout, validation):
+        nonlocal step
+        step += 1
+        line = {"step": step, "lambda": lam}
+        if args.model == "edlae":
+            line["dropout"] = dropout
+        runs.append_jsonl(run_dir / "metrics.jsonl", {**line, "validation": validation})
+        if experiment is not None:
+            experiment.log_metric("lambda", lam, step=step)
+            if args.model == "edlae":
+                experiment.log_metric("dropout", dropout, step=step)
+            experiment.log_metrics(validation, prefix="val", step=step)
+        label = f"lambda {lam:g}" + (f" dropout {dropout:g}" if args.model == "edlae" else "")
+        print(runs.summary_line(f"{label} validation", validation), flush=True)
 
     gram = model.gram_matrix(split.train, device)
-    lam, weights, validation = search_lambda(gram, split, lambdas, ks, args, run_dir,
-                                             experiment)
-    save_checkpoint(run_dir, weights, lam, split.item_ids)
+    if len(lambdas) * len(dropouts) == 1:  # nothing to choose: one float64 solve
+        lam, dropout = lambdas[0], dropouts[0]
+        weights = final_weights(gram, lam, dropout)
+        validation = evaluate(weights, split.validation, ks)
+        record(lam, dropout, validation)
+    else:
+        lam, dropout, validation = search(gram, split.validation, lambdas, dropouts, ks,
+                                          args.exhaustive, record)
+        weights = final_weights(gram, lam, dropout)
+    del gram
+    save_checkpoint(run_dir, model_name, weights, lam, dropout, split.item_ids)
     test = evaluate(weights, split.test, ks, run_dir / "test_per_user.csv")
-    print(runs.summary_line(f"test (lambda {lam:g})", test))
+    selected = {"lambda": lam}
+    if args.model == "edlae":
+        selected["dropout"] = dropout
+    label = f"lambda {lam:g}" + (f", dropout {dropout:g}" if args.model == "edlae" else "")
+    print(runs.summary_line(f"test ({label})", test))
 
-    results = {"model": MODEL_NAME, "folder": FOLDER.name, "protocol": "B",
+    results = {"model": model_name, "folder": FOLDER.name, "protocol": "B",
                "holdout": args.holdout, "test": test, "validation": validation,
-               "best_epoch": None, "selected": {"lambda": lam},
+               "best_epoch": None, "selected": selected,
                "wall_seconds": round(time.time() - started, 2),
                "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
                "data_sha256": ratings.sha256, "device": str(device)}

@@ -1,8 +1,21 @@
-"""EASE, the embarrassingly shallow autoencoder of Steck (WWW 2019), in closed form.
+"""EASE (Steck, WWW 2019) and full-rank EDLAE (Steck, NeurIPS 2020), in closed form.
 
-B = I - P diag(1 / diag(P)) with P = (X^T X + lambda I)^-1, so diag(B) = 0. The Gram
-matrix is built once from the sparse input; each lambda costs one Cholesky factorisation
-and inverse in float64, on the GPU when one is given.
+Both are item-item autoencoders B with a zero diagonal, solved from the Gram matrix
+G = X^T X with a diagonal penalty Lambda:
+
+    P = (G + Lambda)^-1,   B = I - P diag(1 / diag(P))   (so diag(B) = 0)
+
+EASE:  Lambda = lambda I.
+EDLAE: Lambda = p / (1 - p) diagMat(diag(G)) + lambda I, p the dropout rate: the
+       expected loss of emphasized denoising (only the dropped-out entries of the output
+       count) adds p/(1-p) G_jj b_j^2 to the L2 penalty, and an item dropped from the input
+       cannot predict itself, hence diag(B) = 0 (Steck 2020, Eqs. 8 and 9). With p = 0 it
+       is EASE.
+
+The final B is always solved in float64 (one Cholesky factorisation and inverse). The
+lambda search only needs the validation users' scores: `validation_scores` solves them in
+the precision asked for (float32 in main.py's search), and `search_grid` finds the best
+value of a sorted grid with few solves when the validation curve is unimodal.
 """
 import numpy as np
 import scipy.sparse as sp
@@ -15,20 +28,96 @@ def gram_matrix(train, device):
     return torch.from_numpy((train.T @ train).toarray()).to(device)
 
 
-def ease_weights(gram, lam):
-    """The EASE item-item matrix B for one lambda (float64, zero diagonal)."""
-    if lam <= 0:
+def edlae_penalty(gram, lam, dropout):
+    """The diagonal of Lambda (a vector, gram's dtype and device): lambda + p/(1-p) G_jj."""
+    if not lam > 0:
         raise ValueError(f"lambda must be positive, not {lam}")
-    regularised = gram.clone()
-    regularised.diagonal().add_(lam)
-    precision = torch.cholesky_inverse(torch.linalg.cholesky(regularised))
+    if not 0 <= dropout < 1:
+        raise ValueError(f"the dropout rate must be in [0, 1), not {dropout}")
+    return gram.diagonal() * (dropout / (1.0 - dropout)) + lam
+
+
+def _precision(gram, penalty, dtype):
+    """P = (G + diagMat(penalty))^-1 in dtype, by Cholesky."""
+    regularised = gram.to(dtype, copy=True)
+    regularised.diagonal().add_(penalty.to(dtype))
+    factor = torch.linalg.cholesky(regularised)
     del regularised
+    return torch.cholesky_inverse(factor)
+
+
+def closed_form(gram, penalty, dtype=torch.float64):
+    """B = I - P diag(1/diag(P)), P = (G + diagMat(penalty))^-1: zero diagonal."""
+    precision = _precision(gram, penalty, dtype)
     weights = precision.div_(precision.diagonal().clone()).neg_()  # in place: n x n is large
     weights.diagonal().zero_()
     return weights
 
 
+def ease_weights(gram, lam):
+    """The EASE item-item matrix B for one lambda (float64, zero diagonal)."""
+    return closed_form(gram, edlae_penalty(gram, lam, 0.0))
+
+
+def edlae_weights(gram, lam, dropout):
+    """The full-rank EDLAE matrix B for lambda and dropout rate p (float64, zero diagonal)."""
+    return closed_form(gram, edlae_penalty(gram, lam, dropout))
+
+
+def validation_scores(gram, penalty, fold_in, dtype=torch.float32):
+    """Scores X_v B of the rows fold_in (scipy sparse) as float64 NumPy, with B solved in
+    dtype. Only X_v P and diag(P) are formed, never B: X_v B = X_v - (X_v P) diag(1/diag P),
+    and the X_v term only touches fold-in items, which the metrics mask, but it is kept."""
+    precision = _precision(gram, penalty, dtype)
+    diagonal = precision.diagonal().clone()
+    rows = sp.csr_matrix(fold_in, dtype=np.float64)
+    product = sparse_times_dense(rows, precision)  # X_v P
+    scores = rows.toarray() - product / diagonal.double().cpu().numpy()
+    return scores
+
+
+def sparse_times_dense(rows, dense):
+    """rows (scipy sparse) @ dense (torch, any device) as float64 NumPy."""
+    if dense.device.type == "cpu":
+        return np.asarray(rows.astype(dense.numpy().dtype) @ dense.numpy(), dtype=np.float64)
+    coo = rows.tocoo()
+    indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    sparse = torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape)
+    return (sparse.to(dense) @ dense).double().cpu().numpy()
+
+
 def scores(weights, fold_in):
-    """Item scores X_u B for the held-out users' fold-in rows (scipy sparse) as NumPy."""
-    rows = torch.from_numpy(sp.csr_matrix(fold_in).toarray()).to(weights)
-    return (rows @ weights).cpu().numpy()
+    """Item scores X_u B for the held-out users' fold-in rows (scipy sparse) as float64
+    NumPy, computed in weights' dtype (a sparse-dense product: the rows have few items)."""
+    return sparse_times_dense(sp.csr_matrix(fold_in), weights)
+
+
+def search_grid(values, score):
+    """The value of the grid `values` with the highest score(value), evaluating few of them.
+
+    The grid is sorted; a discrete golden-section search narrows the bracket of the
+    maximum, assuming score is unimodal over the grid (rising, then falling: the
+    validation curve of an L2 weight), then every value left in the bracket (at most
+    three) is scored. Ties go to the smaller value, as in an exhaustive search over the
+    sorted grid. score is called at most once per value; returns (best value, its score).
+    """
+    grid = sorted(set(values))
+    cache = {}
+
+    def f(index):
+        if index not in cache:
+            cache[index] = score(grid[index])
+        return cache[index]
+
+    low, high = 0, len(grid) - 1
+    while high - low > 2:
+        step = max(1, round((high - low) * 0.381966))
+        left, right = low + step, high - step
+        if left >= right:
+            left, right = (low + high) // 2, (low + high) // 2 + 1
+        if f(left) >= f(right):
+            high = right
+        else:
+            low = left
+    best = max(range(low, high + 1), key=lambda i: (f(i), -i))
+    return grid[best], cache[best]

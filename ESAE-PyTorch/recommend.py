@@ -1,4 +1,4 @@
-"""Recommend movies with a trained EASE run: the top K movies for a user of the ratings
+"""Recommend movies with a trained EASE or EDLAE run: the top K movies for a user of the ratings
 file, for a new user's history, or for many users at once (CSV).
 
     python ESAE-PyTorch/recommend.py RUN_DIR --user 1 -k 5
@@ -8,7 +8,7 @@ file, for a new user's history, or for many users at once (CSV).
 
 RUN_DIR is a run folder of main.py (the folder of the results.json its last line names).
 Only what the run folder holds is used: config.json (data folder, seed, min_rating,
-heldout_users, holdout) and model.pt (B, lambda and the item ids). A user's scores are
+heldout_users, holdout) and model.pt (B, lambda, EDLAE's dropout rate and the item ids). A user's scores are
 x_u B, x_u the user's binary row: for a training user the training row, for a held-out user
 the fold-in items (PROTOCOLS.md, Protocol B), for a new user the history. The items of x_u
 are never recommended unless --include-seen.
@@ -30,7 +30,7 @@ import data
 import model
 
 FOLDER = Path(__file__).resolve().parent
-MODEL_NAMES = ("EASE",)
+MODEL_NAMES = ("EASE", "EDLAE")  # main.py --model ease / --model edlae
 CHECKPOINT = "model.pt"
 CHECKPOINT_WHEN = "main.py writes it once the lambda search is done"
 SCORE_BATCH = 1024  # users per product when scoring many users
@@ -59,7 +59,7 @@ def positive_int(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Top-K movies from a trained EASE run (a run folder of "
+        description="Top-K movies from a trained EASE or EDLAE run (a run folder of "
                     "ESAE-PyTorch/main.py).")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a run folder of main.py, holding config.json and model.pt")
@@ -142,7 +142,7 @@ def load_checkpoint(run_dir, device):
 
 
 class Scorer:
-    """EASE of the run: scores = x B, x the binary input rows (scipy CSR)."""
+    """EASE or EDLAE of the run: scores = x B, x the binary input rows (scipy CSR)."""
 
     def __init__(self, config, checkpoint, device, split=None):
         self.item_ids = np.asarray(checkpoint["item_ids"])
@@ -151,7 +151,8 @@ class Scorer:
         else:  # a checkpoint with lambda only: solve B again from the training matrix
             started = time.time()
             gram = model.gram_matrix(split.train, device)
-            self.weights = model.ease_weights(gram, float(checkpoint["lambda"])).float()
+            self.weights = model.edlae_weights(gram, float(checkpoint["lambda"]),
+                                               float(checkpoint.get("dropout", 0.0))).float()
             warn(f"model.pt holds no B: solved again for lambda {checkpoint['lambda']:g} "
                  f"in {time.time() - started:.1f} s")
 
