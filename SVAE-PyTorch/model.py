@@ -36,8 +36,22 @@ class SVAE(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def run_gru(self, items, state=None):
-        """GRU outputs (batch x steps x rnn_dim) and final state for padded item ids."""
-        return self.gru(self.drop(self.embed(items)), state)
+        """GRU outputs (batch x steps x rnn_dim) and final state (batch x rnn_dim) for padded
+        item ids; state: the final state of the previous chunk, or None (zeros).
+
+        The weights are nn.GRU's (same parameters, same checkpoints); the recurrence runs in
+        GRUFunction, time-major, with one matrix product per step forward and backward."""
+        inputs = self.drop(self.embed(items.t()))  # steps x batch x embed_dim, contiguous
+        if state is None:
+            state = inputs.new_zeros(items.shape[0], self.gru.hidden_size)
+        weights = (self.gru.weight_ih_l0, self.gru.weight_hh_l0, self.gru.bias_ih_l0,
+                   self.gru.bias_hh_l0)
+        if torch.is_grad_enabled():
+            outputs, final = GRUFunction.apply(inputs, state, *weights)
+        else:
+            hs = gru_steps(inputs, state, *weights)[0]
+            outputs, final = hs[1:], hs[-1]
+        return outputs.transpose(0, 1), final
 
     def latent(self, hidden, sample=True, generator=None):
         """z, mu and logvar for GRU outputs; z = mu unless sampling (training)."""
@@ -51,6 +65,87 @@ class SVAE(nn.Module):
         """Logits over all items, mu and logvar for a (flat) batch of GRU outputs."""
         z, mu, logvar = self.latent(hidden, sample, generator)
         return self.decoder(z), mu, logvar
+
+
+def gru_steps(inputs, h0, w_ih, w_hh, b_ih, b_hh, keep=False, block=128):
+    """The GRU recurrence over inputs (steps x batch x in) from h0 (batch x hidden).
+
+    Returns h_0 .. h_T (steps + 1 x batch x hidden) and, with keep=True (for the backward
+    pass), every step's W_hh h + b_hh, sigmoid gates r | z and tanh candidate n; without
+    keep, one step's buffers are reused and the input projection is formed `block` steps
+    at a time, so that scoring long sequences of many users needs little memory.
+    """
+    steps, batch, _ = inputs.shape
+    hidden = w_hh.shape[1]
+    hs = inputs.new_empty(steps + 1, batch, hidden)
+    size = steps if keep else 1
+    gh = inputs.new_empty(size, batch, 3 * hidden)
+    rz = inputs.new_empty(size, batch, 2 * hidden)
+    n = inputs.new_empty(size, batch, hidden)
+    hs[0] = h0
+    w_hh_t = w_hh.t()
+    span = steps if keep else block
+    for first in range(0, steps, span):
+        last = min(first + span, steps)
+        gi = torch.addmm(b_ih, inputs[first:last].reshape((last - first) * batch, -1),
+                         w_ih.t()).view(last - first, batch, 3 * hidden)
+        for t in range(first, last):
+            s, i = (t if keep else 0), gi[t - first]
+            torch.addmm(b_hh, hs[t], w_hh_t, out=gh[s])
+            torch.add(i[:, :2 * hidden], gh[s, :, :2 * hidden], out=rz[s])
+            rz[s].sigmoid_()
+            torch.addcmul(i[:, 2 * hidden:], rz[s, :, :hidden], gh[s, :, 2 * hidden:], out=n[s])
+            n[s].tanh_()
+            torch.lerp(n[s], hs[t], rz[s, :, hidden:], out=hs[t + 1])  # (1 - z) n + z h
+    return hs, gh, rz, n
+
+
+class GRUFunction(torch.autograd.Function):
+    """nn.GRU's single-layer recurrence (gates r, z, n in its weight layout) with a
+    hand-written backward pass.
+
+    PyTorch's CPU GRU records every step's operations for autograd and, going backward,
+    forms and accumulates the hidden-to-hidden weight gradient once per step. Here the
+    forward pass stores each step's gates; the backward pass runs the recurrence of the
+    hidden-state gradient alone (one small product per step) and forms all four weight and
+    bias gradients, and the input gradient, with one large product each over all steps.
+    Same function as nn.GRU up to float rounding (tests/test_svae.py checks outputs and
+    gradients against it). inputs: steps x batch x in; h0: batch x hidden.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, h0, w_ih, w_hh, b_ih, b_hh):
+        hs, gh, rz, n = gru_steps(inputs, h0, w_ih, w_hh, b_ih, b_hh, keep=True)
+        ctx.save_for_backward(inputs, w_ih, w_hh, hs, gh, rz, n)
+        return hs[1:], hs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_outputs, d_final):
+        inputs, w_ih, w_hh, hs, gh, rz, n = ctx.saved_tensors
+        steps, batch, hidden = n.shape
+        r, z, h_prev = rz[..., :hidden], rz[..., hidden:], hs[:steps]
+        # per step, d(pre-activation) = dh * factor, with factors known from the forward:
+        to_n = (1 - z) * (1 - n * n)                     # candidate n, before tanh
+        to_z = (h_prev - n) * z * (1 - z)                # gate z, before sigmoid
+        to_r = gh[..., 2 * hidden:] * r * (1 - r)        # gate r, times d(pre-tanh n)
+        d_gh = inputs.new_empty(steps, batch, 3 * hidden)  # gradient of W_hh h + b_hh
+        d_n = inputs.new_empty(steps, batch, hidden)       # gradient of the pre-tanh n
+        dh = (d_final.clone() if d_final is not None
+              else inputs.new_zeros(batch, hidden))
+        for t in range(steps - 1, -1, -1):
+            if d_outputs is not None:
+                dh += d_outputs[t]
+            torch.mul(dh, to_n[t], out=d_n[t])
+            torch.mul(d_n[t], to_r[t], out=d_gh[t, :, :hidden])
+            torch.mul(dh, to_z[t], out=d_gh[t, :, hidden:2 * hidden])
+            torch.mul(d_n[t], r[t], out=d_gh[t, :, 2 * hidden:])
+            dh = torch.addmm(dh * z[t], d_gh[t], w_hh)
+        d_gh = d_gh.view(steps * batch, 3 * hidden)
+        d_gi = torch.cat([d_gh[:, :2 * hidden], d_n.view(steps * batch, hidden)], dim=1)
+        flat_inputs = inputs.reshape(steps * batch, -1)
+        d_inputs = (d_gi @ w_ih).view_as(inputs) if ctx.needs_input_grad[0] else None
+        return (d_inputs, dh, d_gi.t() @ flat_inputs, d_gh.t() @ h_prev.reshape(-1, hidden),
+                d_gi.sum(dim=0), d_gh.sum(dim=0))
 
 
 def kl_divergence(mu, logvar):
