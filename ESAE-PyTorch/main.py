@@ -21,10 +21,11 @@ from runs import non_negative_int, positive_float
 
 FOLDER = Path(__file__).resolve().parent
 MODEL_NAMES = {"ease": "EASE", "edlae": "EDLAE"}
-# EASE: 9 values, 4 per decade from 50 to 5000 (np.geomspace(50, 5000, 9), 3 digits).
+# The lambda grids: 9 values, 4 per decade (np.geomspace to 3 digits), EASE from 50 to
+# 5000, EDLAE from 20 to 2000; EDLAE's dropout rates. How they were chosen: README.md.
 DEFAULT_LAMBDAS = {"ease": (50.0, 88.9, 158.0, 281.0, 500.0, 889.0, 1580.0, 2810.0, 5000.0),
-                   "edlae": (10.0, 17.8, 31.6, 56.2, 100.0, 178.0, 316.0, 562.0, 1000.0)}
-DEFAULT_DROPOUTS = (0.1, 0.2, 0.33, 0.5)
+                   "edlae": (20.0, 35.6, 63.2, 112.0, 200.0, 356.0, 632.0, 1120.0, 2000.0)}
+DEFAULT_DROPOUTS = (0.2, 0.33, 0.5, 0.67)
 SELECTION_METRIC = "ndcg@100"
 SEARCH_DTYPE = torch.float32  # the validation solves; the final B is float64
 
