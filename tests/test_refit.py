@@ -6,7 +6,7 @@ In-process (main.py loaded with its own siblings): the refit's training matrix i
 training + validation, and the test ratings do not reach it (NaN test ratings give the same
 refit weights). Through main.py: results.json's "refit" entry, refit_test_predictions.csv,
 the refit checkpoint, the Comet metrics, the normal results unchanged, no "refit" without
-the flag, and --refit refused with --resume.
+the flag, --refit refused with --resume, and a resumed --refit run refitting at its end.
 """
 import contextlib
 import csv
@@ -173,3 +173,18 @@ def test_refit_cannot_be_added_to_a_resumed_run(tmp_path, rating_folder):
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "--refit" in errors[0], done.stderr
+
+
+def test_a_resumed_refit_run_refits_at_its_end(tmp_path, rating_file, rating_folder):
+    run_dir = tmp_path / "run"
+    first = run_main(rating_folder.name, "--data-dir", rating_file.parent, "--out-dir", run_dir,
+                     "--epochs", "3", "--stop-after", "2", "--refit", "--comet", "off",
+                     "--quiet", *rating_folder.small)
+    assert first.returncode == 0, first.stderr
+    assert not (run_dir / "results.json").exists()
+    assert not (run_dir / "refit_test_predictions.csv").exists()
+    second = run_main(rating_folder.name, "--resume", run_dir, "--comet", "off", "--quiet")
+    assert second.returncode == 0, second.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["refit"]["epochs"] == results["best_epoch"]
+    assert (run_dir / "refit_test_predictions.csv").is_file()
