@@ -83,7 +83,7 @@ def parse_args(argv=None):
                         help="truncated back-propagation: gradient flows through at most "
                              "this many steps; longer histories are processed in chunks "
                              "with the GRU state carried over")
-    parser.add_argument("--loss-steps", type=non_negative_int, default=32,
+    parser.add_argument("--loss-steps", type=non_negative_int, default=16,
                         help="per user and epoch, the loss counts at most this many of the "
                              "user's steps, drawn at random (an unbiased estimate of the "
                              "user's mean step loss at a fraction of the softmax cost); "
