@@ -37,7 +37,8 @@ TRAIN_FLAGS = {
                     "--hidden", "64", "--latent", "16"),
     "CDAE-PyTorch": ("--epochs", "4", "--eval-every", "4"),
     "SVAE-PyTorch": ("--epochs", "3", "--embed-dim", "32", "--rnn-dim", "32", "--hidden-dim",
-                     "32", "--latent-dim", "16", "--batch-size", "32", "--lr", "0.003"),
+                     "32", "--latent-dim", "16", "--batch-size", "32", "--lr", "0.003",
+                     "--loss-steps", "32"),  # pinned: the default fell to 16 (issue 14)
 }
 CHECKPOINT = {"ESAE-PyTorch": "model.pt"}  # the others: best.pt
 
