@@ -41,9 +41,9 @@ def parse_args(argv=None):
                         help="seed of the split, the initial weights and the training noise")
     parser.add_argument("--epochs", type=positive_int, default=80,
                         help="maximum number of training epochs")
-    parser.add_argument("--batch-size", type=positive_int, default=128,
+    parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="training users per batch")
-    parser.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate")
     parser.add_argument("--optimizer", choices=("adam", "adagrad"), default="adam")
     parser.add_argument("--user-optimizer", choices=("adam", "sparse-adam"), default="adam",
                         help="the user vectors' optimiser: adam, dense, with the rest "
@@ -51,7 +51,7 @@ def parse_args(argv=None):
                              "torch.optim.SparseAdam at --lr, so the vectors of users "
                              "outside a batch stay as they are (no effect with "
                              "--no-user-node)")
-    parser.add_argument("--hidden", type=positive_int, default=50, help="hidden units")
+    parser.add_argument("--hidden", type=positive_int, default=200, help="hidden units")
     parser.add_argument("--dropout", type=runs.dropout_rate, default=0.5,
                         help="corruption level q: share of input entries zeroed")
     parser.add_argument("--loss", choices=("sampled", "full"), default="sampled",

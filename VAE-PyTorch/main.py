@@ -50,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=non_negative_int, default=98765,
                         help="seed of the split, the initial weights and every epoch's noise")
     parser.add_argument("--epochs", type=positive_int, default=200)
-    parser.add_argument("--batch-size", type=positive_int, default=500, help="users per update")
+    parser.add_argument("--batch-size", type=positive_int, default=100, help="users per update")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                         help="L2 weight decay of Adam")

@@ -85,15 +85,15 @@ def test_data_and_metrics_are_copies_of_esae():
 def test_beta_reaches_cap_within_a_default_run(modules):
     main, model = modules["main"], modules["model"]
     args = main.parse_args([])
-    # ML-1M under the default split: 4834 training users, 500 per batch -> 10 updates/epoch.
+    # ML-1M under the default split: 4834 training users, 100 per batch -> 49 updates/epoch.
     total = main.default_anneal_steps(4834, args.batch_size, args.epochs)
-    assert total == 2000
+    assert total == 49 * 200
     cap, used = main.anneal_settings(args, 4834)
     assert (cap, used) == (0.2, total)
     betas = [model.anneal_beta(step, used, cap) for step in range(total)]
     assert betas == sorted(betas) and betas[0] == 0.0
     reached = betas.index(cap)
-    assert reached <= 0.25 * total            # at update 400 = epoch 40 of 200
+    assert reached <= 0.25 * total            # at update 1960 = epoch 40 of 200
     assert model.anneal_beta(200, 200_000, cap) < 0.01   # the paper's constant would not
     best = main.anneal_settings(main.parse_args(["--anneal-mode", "best"]), 4834)
     assert best == (1.0, total)
