@@ -35,7 +35,7 @@ TRAIN_FLAGS = {
     "ESAE-PyTorch": ("--lam", "50"),
     "VAE-PyTorch": ("--epochs", "3", "--eval-every", "3", "--batch-size", "100", "--lr", "3e-3",
                     "--hidden", "64", "--latent", "16"),
-    "CDAE-PyTorch": ("--epochs", "4", "--eval-every", "4"),
+    "CDAE-PyTorch": ("--epochs", "4", "--eval-every", "4", "--batch-size", "64"),
     "SVAE-PyTorch": ("--epochs", "3", "--embed-dim", "32", "--rnn-dim", "32", "--hidden-dim",
                      "32", "--latent-dim", "16", "--batch-size", "32", "--lr", "0.003",
                      "--loss-steps", "32"),  # pinned: the default fell to 16 (issue 14)
