@@ -65,10 +65,11 @@ def parse_args(argv=None):
                              "(it assumes validation NDCG@100 rises, then falls with lambda)")
     runs.add_top_n_arguments(parser, metrics.DEFAULT_KS)
     runs.add_run_arguments(parser, resume=False)
-    parser.add_argument("--threads", type=runs.positive_int, default=1,
-                        help="CPU threads of PyTorch (default 1: on the shared 2-core machine "
-                             "two threads made each Cholesky inverse 10 to 20 times slower; "
-                             "on an idle machine with more cores, more threads pay)")
+    parser.add_argument("--threads", type=runs.positive_int,
+                        help="CPU threads of PyTorch (default: PyTorch's own, all cores or "
+                             "OMP_NUM_THREADS); 1 is faster on a machine busy with other "
+                             "jobs, where threads waiting on each other made each inverse "
+                             "10 to 20 times slower")
     args = parser.parse_args(argv)
     if args.model == "ease" and (args.dropout is not None or args.dropouts is not None):
         parser.error("--dropout and --dropouts apply to --model edlae only")
@@ -159,7 +160,8 @@ def save_checkpoint(run_dir, model_name, weights, lam, dropout, item_ids):
 def run(args):
     started = time.time()
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model_name = MODEL_NAMES[args.model]
     ks = sorted(set(args.ks) | {100})
