@@ -72,9 +72,10 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=positive_int, default=2,
                         help="evaluate on the validation users every this many epochs")
     runs.add_top_n_arguments(parser, metrics.DEFAULT_KS)
-    parser.add_argument("--threads", type=positive_int, default=1,
-                        help="CPU threads of torch (default 1: the network is small, and "
-                             "two threads on a busy 2-core machine ran ten times slower)")
+    parser.add_argument("--threads", type=positive_int,
+                        help="CPU threads of torch (default: torch's own, all cores or "
+                             "OMP_NUM_THREADS); 1 is faster on a machine busy with other "
+                             "jobs, where two threads ran ten times slower")
     runs.add_run_arguments(parser)
     return runs.parse_with_resume(parser, argv)
 
@@ -242,7 +243,8 @@ def run(args):
     started = time.time()
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
     device = pick_device(args.device)
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     ks = sorted(set(args.ks) | {100})
     ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
                                             quiet=args.quiet)
