@@ -4,6 +4,7 @@ folder's main.py in a subprocess, and synthetic MovieLens-format files with plan
 Module names repeat across folders (data, model, metrics), so nothing here touches sys.path:
 load_module gives each file a unique name such as `ESAE_PyTorch_data`.
 """
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -17,6 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "ml-1m"
 TOP_N_FOLDERS = ("ESAE-PyTorch", "VAE-PyTorch", "CDAE-PyTorch", "SVAE-PyTorch")
 RATING_FOLDERS = ("AutoRec-TensorFlow", "NVIDIA-DeepRec-TensorFlow")
+
+
+@contextlib.contextmanager
+def folder_imports(folder):
+    """Let main.py import its siblings by plain name from its own folder, then put sys.path
+    and sys.modules back as they were."""
+    names = {path.stem for path in (REPO / folder).glob("*.py")}
+    saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
+    sys.path.insert(0, str(REPO / folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(REPO / folder))
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
 
 
 def load_module(folder, name):

@@ -16,7 +16,6 @@ around the loaded module's metrics.rating_metrics or metrics.per_user_metrics.
   the fold-in items stay, and main.evaluate (SVAE: both hold-outs, score "last" and "mean")
   scores the held-out users.
 """
-import contextlib
 import os
 import sys
 
@@ -24,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, load_module, planted_rating_rows, planted_top_n_rows, write_ratings
+from conftest import (REPO, folder_imports, load_module, planted_rating_rows,
+                      planted_top_n_rows, write_ratings)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,22 +33,6 @@ CPU = torch.device("cpu")
 
 
 # ---------------------------------------------------------------- loading main.py
-
-
-@contextlib.contextmanager
-def folder_imports(folder):
-    """Let main.py import its siblings by plain name (data, metrics, model, ...) from its own
-    folder, then put sys.path and sys.modules back as they were."""
-    names = {path.stem for path in (REPO / folder).glob("*.py")}
-    saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
-    sys.path.insert(0, str(REPO / folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(REPO / folder))
-        for name in names:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
 
 
 def load_main(folder):

@@ -15,7 +15,6 @@ for the error path, once as a real process. What is checked:
 - --json and --users-file (CSV) have their fields, K rows per user, and --output is written.
 """
 import argparse
-import contextlib
 import csv
 import io
 import json
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (REPO, TOP_N_FOLDERS, load_module, planted_top_n_rows, run_script,
+from conftest import (REPO, folder_imports, TOP_N_FOLDERS, load_module, planted_top_n_rows, run_script,
                       write_ratings)
 
 ITEMS_PER_CLUSTER = 12
@@ -44,22 +43,6 @@ CHECKPOINT = {"ESAE-PyTorch": "model.pt"}  # the others: best.pt
 
 
 # ---------------------------------------------------------------- loading and calling
-
-
-@contextlib.contextmanager
-def folder_imports(folder):
-    """Let a script import its siblings by plain name (data, model, ...) from its own
-    folder, then put sys.path and sys.modules back as they were."""
-    names = {path.stem for path in (REPO / folder).glob("*.py")}
-    saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
-    sys.path.insert(0, str(REPO / folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(REPO / folder))
-        for name in names:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
 
 
 _LOADED = {}

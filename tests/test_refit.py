@@ -8,7 +8,6 @@ refit weights). Through main.py: results.json's "refit" entry, refit_test_predic
 the refit checkpoint, the Comet metrics, the normal results unchanged, no "refit" without
 the flag, --refit refused with --resume, and a resumed --refit run refitting at its end.
 """
-import contextlib
 import csv
 import dataclasses
 import json
@@ -18,29 +17,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO, load_module, run_main
+from conftest import REPO, folder_imports, load_module, run_main
 from rating_folders import RATING_FOLDER_SPECS
 
 
 @pytest.fixture(scope="module", params=sorted(RATING_FOLDER_SPECS))
 def rating_folder(request):
     return RATING_FOLDER_SPECS[request.param]()
-
-
-@contextlib.contextmanager
-def folder_imports(folder):
-    """Let main.py import its siblings by plain name from its own folder, then put sys.path
-    and sys.modules back as they were."""
-    names = {path.stem for path in (REPO / folder).glob("*.py")}
-    saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
-    sys.path.insert(0, str(REPO / folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(REPO / folder))
-        for name in names:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
 
 
 _MAINS = {}
