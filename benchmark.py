@@ -217,6 +217,12 @@ def parse_args(argv=None):
     return args
 
 
+def data_name(args):
+    """The data set as the report names it: the set, or an own file's name (no path)."""
+    dataset = getattr(args, "dataset", None) or "ml-1m"
+    return f"`{dataset.name}`" if isinstance(dataset, Path) else dataset
+
+
 def data_flags(args):
     """The data set flags of every run: --dataset NAME, or --ratings-file FILE [--format]."""
     if args.dataset is None:
@@ -763,7 +769,7 @@ def header_lines(rows, args, invocation):
         f"time {invocation['wall_seconds'] / 60:.1f} min",
         f"- Machine: {machine_description()}; device: {', '.join(devices) or '–'}",
         f"- Code: commit {invocation.get('code') or 'unknown'}",
-        f"- Data: {getattr(args, 'dataset', None) or 'ml-1m'}, ratings file sha256 "
+        f"- Data: {data_name(args)}, ratings file sha256 "
         f"{', '.join(c[:16] + '…' for c in checksums) or '–'}",
         f"- Seeds: {', '.join(map(str, seeds))}" +
         (f" (includes the tuning seed {', '.join(map(str, tuning))})" if tuning else

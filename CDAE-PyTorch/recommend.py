@@ -90,8 +90,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, metavar="FILE",
                         help="with --users-file: write the CSV here (atomically), not stdout")
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="folder of ratings.dat and movies.dat (default: the run's own, "
-                             "data_dir of config.json)")
+                        help="folder of the run's ratings file and titles (ratings.dat and "
+                             "movies.dat for ML-1M) (default: the run's own, data_dir of "
+                             "config.json)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: the GPU when there is one")
     parser.add_argument("--threads", type=positive_int, default=1,

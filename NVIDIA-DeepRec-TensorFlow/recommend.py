@@ -128,8 +128,8 @@ def parse_args(argv=None):
                         help="with --users-file: write the CSV here (atomically) instead "
                              "of to stdout")
     parser.add_argument("--data-dir", type=Path,
-                        help="folder holding the run's ratings.dat (default: the data_dir "
-                             "recorded in the run's config.json)")
+                        help="folder holding the run's ratings file (ratings.dat for ML-1M) "
+                             "(default: the data_dir recorded in the run's config.json)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: a GPU when TensorFlow sees one (default: %(default)s)")
     args = parser.parse_args(argv)

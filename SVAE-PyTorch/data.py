@@ -246,7 +246,7 @@ def _first_line(path):
         line = source.readline()
         if not line.strip() and not source.read(1 << 20).strip():
             return None
-    return line.decode("utf-8", "replace").rstrip("\r\n")
+    return line.decode("utf-8-sig", "replace").rstrip("\r\n")
 
 
 def _fields(line, fmt):
@@ -294,7 +294,7 @@ def _read_frame(source, sep, header, id_dtype):
     try:
         return pd.read_csv(source, sep=sep, header=None, skiprows=1 if header else 0,
                            dtype={0: id_dtype, 1: id_dtype, 2: "float64", 3: "int64"},
-                           engine="c", skip_blank_lines=False, encoding="utf-8",
+                           engine="c", skip_blank_lines=False, encoding="utf-8-sig",
                            keep_default_na=False, na_values=[""])
     except (ValueError, TypeError, pd.errors.ParserError, UnicodeDecodeError):
         return None
@@ -317,7 +317,7 @@ def _raise_first_bad_line(path, fmt, n_fields, header):
             if number == 1 and header:
                 continue
             try:
-                line = raw.decode("utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 raise DataError(f"{path}, line {number}: not UTF-8 text: {raw[:80]!r}")
             problem = _line_problem(line, fmt, n_fields)

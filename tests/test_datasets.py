@@ -73,6 +73,15 @@ def test_own_file_with_string_ids_keeps_them(data, tmp_path):
     assert ratings.timestamps is None and ratings.ratings.tolist() == [5.0, 4.5, 1.0]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_id(data, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + b"1,10,4\n2,10,5\n")
+    assert data.load_ratings(path).users.tolist() == [1, 2]
+    path.write_bytes(b"\xef\xbb\xbf" + b"user,item,rating\nann,x,4\n")
+    ratings = data.load_ratings(path)
+    assert ratings.users.tolist() == ["ann"] and ratings.first_line == 2
+
+
 def test_each_id_column_is_integer_only_when_all_its_ids_are(data, tmp_path):
     path = write(tmp_path / "mine.tsv", "7\tx1\t4\t10\n-3\tx2\t5\t11\n")
     ratings = data.load_ratings(path)
@@ -140,9 +149,9 @@ def test_half_star_positives_are_those_above_3_5(data, tmp_path):
 # ---------------------------------------------------------------- download of every set
 
 
+ML_20M_CSV = "userId,movieId,rating,timestamp\n1,10,4.5,100\n"
 NATIVE = {"ml-100k": "1\t10\t5\t100\n", "ml-1m": "1::10::5::100\n",
-          "ml-10m": "1::10::4.5::100\n", "ml-20m": "userId,movieId,rating,timestamp\n1,10,4.5,100\n",
-          "ml-25m": "userId,movieId,rating,timestamp\n1,10,4.5,100\n"}
+          "ml-10m": "1::10::4.5::100\n", "ml-20m": ML_20M_CSV, "ml-25m": ML_20M_CSV}
 
 
 def archive_of(entry, ratings_text, extra=None):
@@ -344,6 +353,7 @@ def test_baseline_and_benchmark_flags_on_an_own_file(own_file, tmp_path):
         command = benchmark.child_command(model, "random", 101, args, tmp_path / "r")
         at = command.index("--ratings-file")
         assert command[at + 1] == str(own_file.resolve()) and "--dataset" not in command
+    assert benchmark.data_name(args) == "`interactions.csv`"  # no path in the report
     named = benchmark.parse_args(["--dataset", "ml-20m"])
     command = benchmark.child_command(benchmark.MODELS[0], "random", 101, named, tmp_path)
     assert command[command.index("--dataset") + 1] == "ml-20m"
