@@ -213,6 +213,20 @@ def write_synthetic(path, shape, seed=2015):
 # ---------------------------------------------------------------- command line
 
 
+DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m")  # the models' --dataset
+
+
+def dataset_or_file(text):
+    """A MovieLens set name, or the path of a ratings file (absolute, it must exist)."""
+    if text in DATASETS:
+        return text
+    path = Path(text).resolve()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a data set "
+                                         f"({', '.join(DATASETS)}) nor a file")
+    return path
+
+
 def positive_int(text):
     value = int(text)
     if value <= 0:
@@ -278,6 +292,13 @@ def parse_args(argv=None):
                              "beside another job")
     parser.add_argument("--bootstrap", type=positive_int, default=2000,
                         help="resamples of the paired bootstrap (default 2000)")
+    parser.add_argument("--dataset", type=dataset_or_file, metavar="NAME_OR_FILE",
+                        help="a MovieLens set (" + ", ".join(DATASETS) + "), passed as "
+                             "--dataset, or a ratings file of your own, passed as "
+                             "--ratings-file, to every run (default: the runs' own, ml-1m)")
+    parser.add_argument("--format", choices=("csv", "tsv", "dat"),
+                        help="with --dataset FILE: passed as --format (default: from the "
+                             "file name)")
     parser.add_argument("--data-dir", type=Path, help="passed to every run")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="passed to every model")
     parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
@@ -309,7 +330,25 @@ def parse_args(argv=None):
     args.out_dir = (args.out_dir or args.repo_root / "benchmark").resolve()
     if args.data_dir is not None:
         args.data_dir = args.data_dir.resolve()
+    if args.format is not None and not isinstance(args.dataset, Path):
+        parser.error("--format applies to --dataset FILE only")
     return args
+
+
+def data_name(args):
+    """The data set as the report names it: the set, or an own file's name (no path)."""
+    dataset = getattr(args, "dataset", None) or "ml-1m"
+    return f"`{dataset.name}`" if isinstance(dataset, Path) else dataset
+
+
+def data_flags(args):
+    """The data set flags of every run: --dataset NAME, or --ratings-file FILE [--format]."""
+    if args.dataset is None:
+        return []
+    if not isinstance(args.dataset, Path):
+        return ["--dataset", args.dataset]
+    return ["--ratings-file", str(args.dataset)] + (
+        ["--format", args.format] if args.format else [])
 
 
 def entries(args):
@@ -342,6 +381,7 @@ def child_command(model, holdout, seed, args, run_dir):
     command += [*model.extra_args, "--out-dir", str(run_dir), "--quiet", "--seed", str(seed)]
     if model.refit:
         command.append("--refit")
+    command += data_flags(args)
     if args.data_dir is not None:
         command += ["--data-dir", str(args.data_dir)]
     if args.no_download:
@@ -847,7 +887,8 @@ def header_lines(rows, args, invocation):
         f"time {invocation['wall_seconds'] / 60:.1f} min",
         f"- Machine: {machine_description()}; device: {', '.join(devices) or '–'}",
         f"- Code: commit {invocation.get('code') or 'unknown'}",
-        f"- Data: ratings.dat sha256 {', '.join(c[:16] + '…' for c in checksums) or '–'}",
+        f"- Data: {data_name(args)}, ratings file sha256 "
+        f"{', '.join(c[:16] + '…' for c in checksums) or '–'}",
         f"- Seeds: {', '.join(map(str, seeds))}" +
         (f" (includes the tuning seed {', '.join(map(str, tuning))})" if tuning else
          " (none of them used to choose any default; the tuning seeds are 1994 and 98765)"),

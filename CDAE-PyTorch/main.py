@@ -246,9 +246,9 @@ def run(args):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
-                                            quiet=args.quiet)
-    ratings = data.load_ratings(ratings_path)
+    ratings_path = data.find_ratings(args.data_dir, args.dataset, args.ratings_file,
+                                     not args.no_download, quiet=args.quiet)
+    ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
@@ -259,7 +259,8 @@ def run(args):
               "n_items": split.n_items, "data_sha256": ratings.sha256}
     runs.write_json(run_dir / "config.json", config)
     experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-        model_name(args), FOLDER.name, "B", args.holdout, args.seed))
+        model_name(args), FOLDER.name, "B", args.holdout, args.seed,
+        runs.dataset_label(args)))
 
     net, optimiser = build(args, split.n_items, len(split.train_user_ids), device)
     state = fresh_state()

@@ -71,7 +71,7 @@ def parse_args(argv=None):
                              "OMP_NUM_THREADS); 1 is faster on a machine busy with other "
                              "jobs, where threads waiting on each other made each inverse "
                              "10 to 20 times slower")
-    args = parser.parse_args(argv)
+    args = runs.parse_with_resume(parser, argv)  # also the data set's defaults
     if args.model == "ease" and (args.dropout is not None or args.dropouts is not None):
         parser.error("--dropout and --dropouts apply to --model edlae only")
     return args
@@ -179,9 +179,9 @@ def run(args):
     device = pick_device(args.device)
     model_name = MODEL_NAMES[args.model]
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
-                                            quiet=args.quiet)
-    ratings = data.load_ratings(ratings_path)
+    ratings_path = data.find_ratings(args.data_dir, args.dataset, args.ratings_file,
+                                     not args.no_download, quiet=args.quiet)
+    ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
@@ -193,7 +193,8 @@ def run(args):
         config["dropouts"] = dropouts
     runs.write_json(run_dir / "config.json", config)
     experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-        model_name, FOLDER.name, "B", args.holdout, args.seed))
+        model_name, FOLDER.name, "B", args.holdout, args.seed,
+        runs.dataset_label(args)))
 
     step = 0
 
