@@ -133,17 +133,21 @@ def batches(n_rows, batch_size, seed, epoch):
     return [order[i:i + batch_size] for i in range(0, n_rows, batch_size)]
 
 
-def predict_pairs(network, inputs, rows, cols, chunk=1024, max_floats=2 ** 22):
+def predict_pairs(network, inputs, rows, cols, chunk=1024, max_floats=2 ** 24):
     """Outputs at (rows[k], cols[k]) when the rows of `inputs` (sparse or dense) are
     reconstructed: only the rows that hold a pair, `chunk` of them at a time (fewer when
-    a dense chunk of inputs would pass max_floats)."""
+    a dense chunk of inputs would pass max_floats: 64 MiB, large enough that each call
+    reads the weights for many rows)."""
     inputs = sparse_rows(inputs)
     rows, cols = np.asarray(rows), np.asarray(cols)
     chunk = max(1, min(chunk, max_floats // max(int(inputs.shape[1]), 1)))
     needed, position = np.unique(rows, return_inverse=True)
+    order = np.argsort(position, kind="stable")  # the pairs grouped by row, rows in order
+    grouped = position[order]
     out = np.empty(len(rows), dtype=np.float32)
     for start in range(0, len(needed), chunk):
-        wanted = np.flatnonzero((position >= start) & (position < start + chunk))
+        low, high = np.searchsorted(grouped, [start, start + chunk])
+        wanted = order[low:high]
         block = network(tf.constant(inputs[needed[start:start + chunk]].toarray())).numpy()
         out[wanted] = block[position[wanted] - start, cols[wanted]]
     return out

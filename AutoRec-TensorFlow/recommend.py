@@ -40,7 +40,7 @@ DEFAULT_VARIANT = "item"
 VARIANT_NAMES = {"item": "I-AutoRec", "user": "U-AutoRec"}
 DEFAULT_SEED = 1994
 CHUNK = 1024  # rows per network call, as model.predict_pairs ...
-MAX_FLOATS = 2 ** 22  # ... fewer when a dense chunk would hold more floats than this
+MAX_FLOATS = 2 ** 24  # ... fewer when a dense chunk would hold more floats than this
 MAX_GROUP_FLOATS = 2 ** 24  # --users-file: users per group x movies stays under this
 NO_NEW_USER = ("I-AutoRec (variant item) reads each movie's ratings by the training users, so "
                "it cannot take a new user without retraining; use --user ID for a user of "

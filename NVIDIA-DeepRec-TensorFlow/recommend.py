@@ -41,7 +41,7 @@ DEFAULT_VARIANT = "user"
 VARIANT_NAMES = {"user": "user variant", "item": "item variant"}
 DEFAULT_SEED = 1994
 CHUNK = 1024  # rows per network call, as model.predict_pairs ...
-MAX_FLOATS = 2 ** 22  # ... fewer when a dense chunk would hold more floats than this
+MAX_FLOATS = 2 ** 24  # ... fewer when a dense chunk would hold more floats than this
 MAX_GROUP_FLOATS = 2 ** 24  # --users-file: users per group x movies stays under this
 NO_NEW_USER = ("this run is DeepRec's item variant (--variant item): it reads each movie's "
                "ratings by the training users, so it cannot take a new user without "
