@@ -8,11 +8,19 @@ learning rate decaying by a constant factor each epoch. The mini-batch estimate 
 objective is divided by the number of observed training ratings, so its scale does not
 depend on the batch size.
 
-Input rows are masked dense tensors (0 = missing): on a CPU, TensorFlow's dense matrix
-products beat its sparse kernels at this size, and the whole training matrix (3,706 x
-6,040 floats, 90 MB) fits easily.
+The training matrix stays sparse (scipy CSR, one row per encoded vector): each batch of
+rows is densified when it is used (masked dense rows, 0 = missing: on a CPU, TensorFlow's
+dense matrix products beat its sparse kernels), and predictions are made a batch of rows
+at a time, so memory grows with the ratings and the batch, not with users x items.
+
+Under a tf.distribute strategy with N replicas (MirroredStrategy over N GPUs) each batch is
+split into N contiguous slices, one per replica; each replica's loss is its share of the
+batch objective (its squared errors over the global batch size, as
+tf.nn.compute_average_loss, and 1/N of the penalty, as tf.nn.scale_regularization_loss)
+and the optimiser sums the replicas' gradients, so N replicas make the update one makes.
 """
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
 
@@ -41,20 +49,24 @@ def _glorot(rng, fan_in, fan_out):
 
 
 class Trainer:
-    """The optimiser and the compiled training step of a network on its input matrix.
+    """The optimiser and the training step of a network on its input matrix.
 
-    inputs: dense float32 tensor, one row per example (items for I-AutoRec), 0 = missing;
-    it holds the training ratings only.
+    inputs: one row per example (items for I-AutoRec), 0 = missing, the training ratings
+    only; a scipy sparse matrix (or a dense array, made sparse). strategy: the
+    tf.distribute strategy the network's variables were created under (default: the
+    current one); the optimiser is created under it too.
     """
 
-    def __init__(self, network, inputs, lam, lr, lr_decay=1.0):
+    def __init__(self, network, inputs, lam, lr, lr_decay=1.0, strategy=None):
         self.network = network
-        self.inputs = inputs
+        self.inputs = sparse_rows(inputs)
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.lr, self.lr_decay = float(lr), float(lr_decay)
-        self.optimizer = tf.keras.optimizers.Adam(learning_rate=lr)
-        self.optimizer.build(network.trainable_variables)  # slots exist before a restore
-        n_rows = int(inputs.shape[0])
-        n_observed = max(float(tf.math.count_nonzero(inputs).numpy()), 1.0)
+        with self.strategy.scope():
+            self.optimizer = tf.keras.optimizers.Adam(learning_rate=lr)
+            self.optimizer.build(network.trainable_variables)  # slots exist before a restore
+        n_rows = int(self.inputs.shape[0])
+        n_observed = max(float(self.inputs.count_nonzero()), 1.0)
         self.row_scale = tf.constant(n_rows / n_observed, tf.float32)
         self.reg_scale = tf.constant(float(lam) / 2.0 / n_observed, tf.float32)
 
@@ -68,26 +80,51 @@ class Trainer:
         self.optimizer.learning_rate.assign(self.lr * self.lr_decay ** (epoch - 1))
         losses = []
         for batch in batches(int(self.inputs.shape[0]), batch_size, seed, epoch):
-            losses.append(float(self.step(tf.constant(batch))))
+            losses.append(float(self.step(batch)))
             if progress is not None:
                 progress(losses)
             if not np.isfinite(losses[-1]):
                 return losses[-1]
         return float(np.mean(losses))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
     def step(self, batch):
-        """One Adam update on the rows `batch`; returns the objective estimate."""
-        rows = tf.gather(self.inputs, batch)
+        """One Adam update on the rows `batch` (indices into inputs); returns the objective
+        estimate."""
+        rows = self.inputs[np.asarray(batch)].toarray().astype(np.float32, copy=False)
+        return self._distributed_step(per_replica_rows(self.strategy, rows),
+                                      tf.constant(len(rows), tf.float32))
+
+    @tf.function(reduce_retracing=True)
+    def _distributed_step(self, rows, n_rows):
+        losses = self.strategy.run(self._replica_step, args=(rows, n_rows))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    def _replica_step(self, rows, n_rows):
+        """This replica's share of the update: its rows over the global batch size n_rows."""
+        n_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         mask = tf.cast(rows > 0, tf.float32)
-        batch_size = tf.cast(tf.shape(batch)[0], tf.float32)
         with tf.GradientTape() as tape:
             errors = (self.network(rows) - rows) * mask
-            loss = (self.row_scale / batch_size * tf.reduce_sum(tf.square(errors))
-                    + self.reg_scale * self.network.squared_weight_norm())
+            loss = (self.row_scale / n_rows * tf.reduce_sum(tf.square(errors))
+                    + self.reg_scale * self.network.squared_weight_norm() / n_replicas)
         variables = self.network.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
+
+
+def sparse_rows(matrix):
+    """matrix as a float32 scipy CSR matrix (rows are cheap to take); dense input too."""
+    if not sp.issparse(matrix):
+        matrix = np.asarray(matrix)
+    return sp.csr_matrix(matrix, dtype=np.float32)
+
+
+def per_replica_rows(strategy, rows):
+    """A dense batch as the strategy's per-replica input: replica r gets the r-th of N
+    contiguous slices (the whole batch under the default strategy)."""
+    parts = np.array_split(rows, strategy.num_replicas_in_sync)
+    return strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(parts[context.replica_id_in_sync_group]))
 
 
 def batches(n_rows, batch_size, seed, epoch):
@@ -96,12 +133,21 @@ def batches(n_rows, batch_size, seed, epoch):
     return [order[i:i + batch_size] for i in range(0, n_rows, batch_size)]
 
 
-def predict_pairs(network, inputs, rows, cols, chunk=1024):
-    """Outputs at (rows[k], cols[k]) when every row of `inputs` is reconstructed."""
+def predict_pairs(network, inputs, rows, cols, chunk=1024, max_floats=2 ** 24):
+    """Outputs at (rows[k], cols[k]) when the rows of `inputs` (sparse or dense) are
+    reconstructed: only the rows that hold a pair, `chunk` of them at a time (fewer when
+    a dense chunk of inputs would pass max_floats: 64 MiB, large enough that each call
+    reads the weights for many rows)."""
+    inputs = sparse_rows(inputs)
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    chunk = max(1, min(chunk, max_floats // max(int(inputs.shape[1]), 1)))
+    needed, position = np.unique(rows, return_inverse=True)
+    order = np.argsort(position, kind="stable")  # the pairs grouped by row, rows in order
+    grouped = position[order]
     out = np.empty(len(rows), dtype=np.float32)
-    for start in range(0, int(inputs.shape[0]), chunk):
-        wanted = np.flatnonzero((rows >= start) & (rows < start + chunk))
-        if wanted.size:
-            block = network(inputs[start:start + chunk]).numpy()
-            out[wanted] = block[rows[wanted] - start, cols[wanted]]
+    for start in range(0, len(needed), chunk):
+        low, high = np.searchsorted(grouped, [start, start + chunk])
+        wanted = order[low:high]
+        block = network(tf.constant(inputs[needed[start:start + chunk]].toarray())).numpy()
+        out[wanted] = block[position[wanted] - start, cols[wanted]]
     return out

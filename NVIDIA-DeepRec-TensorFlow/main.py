@@ -151,24 +151,41 @@ def parse_args(argv=None):
     return runs.parse_with_resume(parser, argv)
 
 
-def pick_device(choice):
+def pick_strategy(choice):
+    """(tf.distribute strategy, device, its name for config.json): MirroredStrategy over
+    the visible GPUs when there are two or more ("mirrored:N"), otherwise TensorFlow's
+    default strategy on the one device, the GPU or the CPU ("default")."""
     with captured_stderr():
         gpus = tf.config.list_physical_devices("GPU")
     if choice == "cuda" and not gpus:
         sys.exit("error: --device cuda was given but TensorFlow sees no GPU")
     if choice == "cpu" or not gpus:
         tf.config.set_visible_devices([], "GPU")
-        return "/CPU:0"
-    return "/GPU:0"
+        return tf.distribute.get_strategy(), "/CPU:0", "default"
+    if len(gpus) == 1:
+        return tf.distribute.get_strategy(), "/GPU:0", "default"
+    devices = [f"/GPU:{k}" for k in range(len(gpus))]
+    with captured_stderr():
+        strategy = tf.distribute.MirroredStrategy(devices)
+    return strategy, ",".join(devices), f"mirrored:{len(devices)}"
+
+
+def placement(strategy, device):
+    """Where the run's variables and computations go: the mirrored strategy's scope, or
+    the one device."""
+    if strategy.num_replicas_in_sync > 1:
+        return strategy.scope()
+    return tf.device(device)
 
 
 # ---------------------------------------------------------------- model and evaluation
 
 
 def network_input(split, variant):
-    """The training matrix with one row per encoded vector: users (user) or movies."""
+    """The training matrix with one row per encoded vector: users (user) or movies, as a
+    sparse float32 CSR matrix (batches are densified by model.py as they are used)."""
     matrix = split.train.T if variant == "item" else split.train
-    return tf.constant(matrix.toarray(), tf.float32)
+    return sp.csr_matrix(matrix, dtype=np.float32)
 
 
 def evaluate(network, inputs, pairs, split, variant, predictions_csv=None):
@@ -245,17 +262,19 @@ class Checkpoints:
             current.assign(kept)
 
 
-def build(args, inputs):
-    """A fresh network (initial weights from args.seed) and its trainer on `inputs`."""
-    network = new_network(args, inputs)
+def build(args, inputs, strategy=None):
+    """A fresh network (initial weights from args.seed) and its trainer on `inputs`,
+    their variables created under the tf.distribute strategy (default: the current)."""
+    network = new_network(args, inputs, strategy)
     return network, model.Trainer(network, inputs, args.optimizer, args.lr,
                                   args.weight_decay, args.refeed, args.clip_norm,
-                                  args.lr_decay)
+                                  args.lr_decay, strategy=strategy)
 
 
-def new_network(args, inputs):
-    return model.DeepAutoEncoder(int(inputs.shape[1]), args.hidden, args.dropout,
-                                 seed=args.seed)
+def new_network(args, inputs, strategy=None):
+    with (strategy or tf.distribute.get_strategy()).scope():
+        return model.DeepAutoEncoder(int(inputs.shape[1]), args.hidden, args.dropout,
+                                     seed=args.seed)
 
 
 def initial_state():
@@ -332,13 +351,13 @@ def refit_split(split):
     return dataclasses.replace(split, train=(split.train + held).tocsr(), validation=empty)
 
 
-def refit_train(args, split, epochs, experiment=None):
+def refit_train(args, split, epochs, experiment=None, strategy=None):
     """A fresh network (same seed and settings) trained on refit_split(split) for `epochs`
     epochs with the learning-rate schedule of the run, no evaluation in between; returns
     (network, its input matrix, the refit split). Reads no test rating."""
     merged = refit_split(split)
     inputs = network_input(merged, args.variant)
-    network, trainer = build(args, inputs)
+    network, trainer = build(args, inputs, strategy)
     for epoch in range(1, epochs + 1):
         with tqdm(total=math.ceil(int(inputs.shape[0]) / args.batch_size),
                   desc=f"refit epoch {epoch}", unit="batch", leave=False,
@@ -353,12 +372,12 @@ def refit_train(args, split, epochs, experiment=None):
     return network, inputs, merged
 
 
-def refit(args, split, epochs, run_dir, experiment):
+def refit(args, split, epochs, run_dir, experiment, strategy=None):
     """--refit: train on training + validation for `epochs` epochs, save the weights
     (checkpoints/refit/), evaluate the test set once (refit_test_predictions.csv);
     returns results.json's "refit" entry."""
     started = time.time()
-    network, inputs, merged = refit_train(args, split, epochs, experiment)
+    network, inputs, merged = refit_train(args, split, epochs, experiment, strategy)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=network),
                                str(run_dir / "checkpoints" / "refit"),
                                max_to_keep=1).save(checkpoint_number=epochs)
@@ -387,7 +406,7 @@ def run(args):
     ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_ratings(ratings, seed=args.seed)
     load_tensorflow()
-    device = pick_device(args.device)  # refuse --device cuda without a GPU before writing
+    strategy, device, strategy_name = pick_strategy(args.device)  # cuda without a GPU: exit
     tf.config.experimental.enable_op_determinism()
     run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data and device are good
     if args.resume is not None:
@@ -397,6 +416,7 @@ def run(args):
               "n_items": len(split.item_ids), "n_train": int(split.train.nnz),
               "n_validation": len(split.validation), "n_test": len(split.test),
               "data_sha256": ratings.sha256}
+    config["strategy"] = strategy_name  # tf.distribute: "default" or "mirrored:N"
     runs.write_json(run_dir / "config.json", config)
     hyperparameters = {**{k: v for k, v in config["args"].items()
                           if k not in ("resume", "stop_after", "out_dir")},
@@ -405,11 +425,11 @@ def run(args):
         MODEL_NAME, FOLDER.name, "A", "random", args.seed,
         runs.dataset_label(args)))
 
-    with tf.device(device):
+    with placement(strategy, device):
         inputs = network_input(split, args.variant)
-        network, trainer = build(args, inputs)
+        network, trainer = build(args, inputs, strategy)
         checkpoints = Checkpoints(run_dir, network, trainer.optimizer,
-                                  new_network(args, inputs))
+                                  new_network(args, inputs, strategy))
         state = (checkpoints.load_state() if args.resume is not None else None) or \
             initial_state()
         if args.resume is not None:
@@ -437,7 +457,8 @@ def run(args):
         if args.refit:
             del network, trainer, checkpoints, inputs  # memory for the refit
             try:
-                refitted = refit(args, split, best["epoch"], run_dir, experiment)
+                refitted = refit(args, split, best["epoch"], run_dir, experiment,
+                                 strategy)
             except TrainingDiverged:
                 runs.finish_comet(experiment, run_dir)
                 raise
@@ -448,6 +469,7 @@ def run(args):
                "wall_seconds": round(previous_wall + time.time() - started, 2),
                "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
                "data_sha256": ratings.sha256, "device": device}
+    results["strategy"] = strategy_name
     if args.refit:
         results["refit"] = refitted
     runs.finish_run(experiment, run_dir, results, run_dir / "checkpoints" / "best",

@@ -14,8 +14,9 @@ start), clipped to 1..5: the same rule as metrics.py.
                      a new user (user variant only, the default: the user's ratings are
                      a new input row; the item variant's input is indexed by the training
                      users, so it cannot take a new user without retraining, and says so)
-  --users-file FILE  top K of many users as CSV (user_id,rank,movie_id,score), scored in a
-                     few batched network calls
+  --users-file FILE  top K of many users as CSV (user_id,rank,movie_id,score), scored in
+                     groups of users (USERS_PER_GROUP x movies floats at a time), each
+                     group in a few batched network calls
 
 Movies are ranked by the model's output (cold-start movies at 3.0), ties by movie id; the
 score shown is the prediction clipped to 1..5. Titles and genres come from movies.dat
@@ -39,7 +40,9 @@ MODEL_NAME = "DeepRec"
 DEFAULT_VARIANT = "user"
 VARIANT_NAMES = {"user": "user variant", "item": "item variant"}
 DEFAULT_SEED = 1994
-CHUNK = 1024  # rows per network call, as model.predict_pairs
+CHUNK = 1024  # rows per network call, as model.predict_pairs ...
+MAX_FLOATS = 2 ** 24  # ... fewer when a dense chunk would hold more floats than this
+MAX_GROUP_FLOATS = 2 ** 24  # --users-file: users per group x movies stays under this
 NO_NEW_USER = ("this run is DeepRec's item variant (--variant item): it reads each movie's "
                "ratings by the training users, so it cannot take a new user without "
                "retraining; use --user ID for a user of the file, or a run trained with "
@@ -448,6 +451,7 @@ class Scorer:
         self.tf, self.model = import_tensorflow()
         self.device = pick_device(self.tf, device_choice)
         self.run, self.split = run, split
+        self._item_rows = None  # the item variant's input rows, made once
         n_inputs = len(split.user_ids) if run.variant == "item" else len(split.item_ids)
         with self.tf.device(self.device):
             self.network = run.build_network(self.model, n_inputs)
@@ -461,21 +465,26 @@ class Scorer:
                                      f"config.json ({VARIANT_NAMES[run.variant]}, "
                                      f"{run.shape()}, {n_inputs} inputs): {first}")
 
-    def _network_rows(self, matrix):
-        """Raw network outputs for the rows of matrix (scipy or numpy), CHUNK at a time."""
+    def _network_rows(self, matrix, columns=slice(None)):
+        """Raw network outputs for the rows of matrix (scipy or numpy), a chunk of rows at
+        a time (CHUNK, fewer for wide rows), only `columns` of each output kept."""
         tf = self.tf
+        chunk = max(1, min(CHUNK, MAX_FLOATS // max(matrix.shape[1], 1)))
         blocks = []
         with tf.device(self.device):
-            for start in range(0, matrix.shape[0], CHUNK):
-                block = matrix[start:start + CHUNK]
+            for start in range(0, matrix.shape[0], chunk):
+                block = matrix[start:start + chunk]
                 block = block.toarray() if hasattr(block, "toarray") else block
-                blocks.append(self.network(tf.constant(block, tf.float32)).numpy())
+                blocks.append(self.network(tf.constant(block, tf.float32)).numpy()[:, columns])
         return np.vstack(blocks) if blocks else np.zeros((0, 0), np.float32)
 
     def outputs(self, users):
+        """Outputs for the users (rows of the split), users x items."""
         train = self.split.train
         if self.run.variant == "item":
-            return self._network_rows(train.T.tocsr())[:, users].T
+            if self._item_rows is None:
+                self._item_rows = train.T.tocsr()
+            return self._network_rows(self._item_rows, users).T
         return self._network_rows(train[users])
 
     def new_user_outputs(self, cols, ratings):
@@ -493,11 +502,9 @@ def final_scores(outputs, train, users=None):
     without training ratings and for every movie of a user without any (cold start); the
     shown scores are those clipped to 1..5, as metrics.final_predictions gives them."""
     keys = np.array(outputs, dtype=np.float64)
-    item_counts = np.diff(train.tocsc().indptr)
-    keys[:, item_counts == 0] = metrics.COLD_START_RATING
+    keys[:, train.getnnz(axis=0) == 0] = metrics.COLD_START_RATING
     if users is not None:
-        user_counts = np.diff(train.tocsr().indptr)
-        keys[user_counts[users] == 0, :] = metrics.COLD_START_RATING
+        keys[train.getnnz(axis=1)[users] == 0, :] = metrics.COLD_START_RATING
     return keys, np.clip(keys, metrics.MIN_RATING, metrics.MAX_RATING)
 
 
@@ -548,6 +555,22 @@ def write_csv(text, output):
             os.remove(tmp)
 
 
+def top_k_lines(scorer, users, train, split, args):
+    """The CSV lines (user_id,rank,movie_id,score) of the top K of a group of users."""
+    keys, scores = final_scores(scorer.outputs(users), train, users)
+    seen = train[users].toarray() > 0 if not args.include_seen else np.zeros(
+        keys.shape, bool)
+    order, valid = top_k(keys, seen, args.k)
+    user_ids = np.repeat(split.user_ids[users], order.shape[1])
+    ranks = np.tile(np.arange(1, order.shape[1] + 1), len(users))
+    movie_ids = split.item_ids[order].ravel()
+    shown = np.take_along_axis(scores, order, axis=1).ravel()
+    keep = valid.ravel()
+    return [f"{u},{r},{m},{s:.6f}" for u, r, m, s in zip(
+        user_ids[keep].tolist(), ranks[keep].tolist(), movie_ids[keep].tolist(),
+        shown[keep].tolist())]
+
+
 # ---------------------------------------------------------------- the commands
 
 
@@ -569,19 +592,10 @@ def recommend(args):
     if args.users_file is not None:
         users = read_users_file(args.users_file, split)
         scorer = Scorer(run, split, args.device)
-        keys, scores = final_scores(scorer.outputs(users), train, users)
-        seen = train[users].toarray() > 0 if not args.include_seen else np.zeros(
-            keys.shape, bool)
-        order, valid = top_k(keys, seen, args.k)
-        user_ids = np.repeat(split.user_ids[users], order.shape[1])
-        ranks = np.tile(np.arange(1, order.shape[1] + 1), len(users))
-        movie_ids = split.item_ids[order].ravel()
-        shown = np.take_along_axis(scores, order, axis=1).ravel()
-        keep = valid.ravel()
+        group = max(1, MAX_GROUP_FLOATS // len(split.item_ids))
         lines = ["user_id,rank,movie_id,score"]
-        lines += [f"{u},{r},{m},{s:.6f}" for u, r, m, s in zip(
-            user_ids[keep].tolist(), ranks[keep].tolist(), movie_ids[keep].tolist(),
-            shown[keep].tolist())]
+        for start in range(0, len(users), group):
+            lines += top_k_lines(scorer, users[start:start + group], train, split, args)
         write_csv("\n".join(lines) + "\n", args.output)
         if args.output is not None:
             print(f"top {args.k} of {len(users)} users written to {args.output}",
@@ -618,7 +632,7 @@ def recommend(args):
         movie = args.movie
         title, genres = movies.get(movie, (None, None))
         cold_user = not new_user and train[row].nnz == 0
-        cold_movie = np.diff(train.tocsc().indptr)[movie_col] == 0
+        cold_movie = train[:, movie_col].nnz == 0
         cold = bool(cold_user or cold_movie)
         score = float(scores[movie_col])
         if args.json:

@@ -61,7 +61,7 @@ def test_refit_matrix_is_training_plus_validation(rating_file, rating_folder):
     assert merged.test is split.test
     # and that matrix is the network's input, oriented like the normal run's
     args = main.parse_args(["--data-dir", str(rating_file.parent), *rating_folder.small])
-    inputs = main.network_input(merged, args.variant).numpy()
+    inputs = main.network_input(merged, args.variant).toarray()
     np.testing.assert_array_equal(inputs, rating_folder.input_matrix(merged).toarray())
 
 
