@@ -2,7 +2,8 @@
 SVAE-PyTorch: the runs learn the planted structure, rank 0 alone writes one run folder,
 noise-free runs match the single-process run (so gradients are summed over disjoint shards,
 neither dropped nor counted twice), and --resume continues exactly under torchrun.
-Also the batched evaluation of CDAE and SVAE against one batch of all users."""
+Also parallel.py's all-reduce on hand-made gradients, and the evaluation of CDAE and SVAE
+and recommend.py --users-file in batches of users against one batch of all users."""
 import json
 import os
 import shutil
@@ -252,3 +253,27 @@ def test_parallel_sums_gradients_rows_and_values(tmp_path):
         assert result["values"] == [1.0, 1.0] and result["stop"] is True
     assert sorted(np.concatenate([r["mine"] for r in results])) == list(range(7))
     assert list(results[0]["mine"]) == [0, 2, 4, 6]
+
+
+# ---------------------------------------------------------------- recommend.py --users-file
+
+
+@pytest.mark.parametrize("folder", ["VAE-PyTorch", "CDAE-PyTorch", "SVAE-PyTorch"])
+def test_recommend_users_file_in_chunks_equals_one_chunk(folder):
+    """--users-file ranks its users a chunk at a time: the same lists as all at once."""
+    import scipy.sparse as sp
+    from conftest import folder_imports
+    with folder_imports(folder):
+        recommend = load_module(folder, "recommend")
+    rng = np.random.default_rng(0)
+    matrix = sp.csr_matrix(rng.random((10, 30)) < 0.2, dtype=np.float32)
+    inputs = recommend.Inputs(matrix, [list(row.indices) for row in matrix], np.arange(10))
+    table = rng.random((10, 30))
+
+    class Scorer:  # each user's row of a fixed table (the user's number in train_rows)
+        def scores(self, rows):
+            return table[rows.train_rows]
+
+    whole = recommend.top_k(Scorer().scores(inputs), matrix, 5, False)
+    chunked = recommend.top_k_in_chunks(Scorer(), inputs, 5, False, chunk=3)
+    assert np.array_equal(whole[0], chunked[0]) and np.allclose(whole[1], chunked[1])
