@@ -54,6 +54,7 @@ top_n_data = load_module(TOP_N_FOLDER, "data")
 top_n_metrics = load_module(TOP_N_FOLDER, "metrics")
 rating_data = load_module(RATING_FOLDER, "data")
 rating_metrics = load_module(RATING_FOLDER, "metrics")
+runs = load_module(TOP_N_FOLDER, "runs")  # the models' data flags and their defaults
 
 
 # ---------------------------------------------------------------- top-N baselines
@@ -222,25 +223,21 @@ def parse_args(argv=None):
                     "popularity and item-kNN (top-N, Protocol B), global mean and damped "
                     "biases (rating prediction, Protocol A).")
     parser.add_argument("baseline", choices=tuple(BASELINES))
-    parser.add_argument("--data-dir", type=Path, default=REPO / "ml-1m",
-                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
-    parser.add_argument("--out-dir", type=Path,
-                        help="run folder (default: runs/baselines/<baseline>/<timestamp>/)")
+    runs.add_data_arguments(parser, "baselines/<baseline>", REPO / "ml-1m")
     parser.add_argument("--seed", type=non_negative_int,
                         help=f"seed of the split (default: {TOP_N_SEED} top-N, "
                              f"{RATING_SEED} rating, as the models)")
     parser.add_argument("--holdout", choices=("random", "temporal"), default="random",
                         help="top-N only: targets are a random 20%% of each held-out user's "
                              "positives, or the latest 20%%")
-    parser.add_argument("--heldout-users", type=positive_int, default=600,
-                        help="top-N only: number of validation users, and of test users")
-    parser.add_argument("--min-rating", type=non_negative_int, default=4,
+    parser.add_argument("--heldout-users", type=positive_int,
+                        help="top-N only: number of validation users, and of test users "
+                             "(default: the data set's, as the models: --help of a model)")
+    parser.add_argument("--min-rating", type=runs.non_negative_float, default=4,
                         help="top-N only: ratings at or above this are positives")
-    parser.add_argument("--no-download", action="store_true",
-                        help="never download MovieLens-1M; fail if it is missing")
     parser.add_argument("--quiet", action="store_true",
                         help="no download progress bar, no line per validation candidate")
-    args = parser.parse_args(argv)
+    args = runs.resolve_data_arguments(parser, parser.parse_args(argv))
     if args.seed is None:
         args.seed = TOP_N_SEED if BASELINES[args.baseline][1] == "B" else RATING_SEED
     return args
@@ -291,8 +288,9 @@ def summary(metrics):
 def load_split(args, protocol):
     """The models' split for this protocol; raises the data module's DataError."""
     data = top_n_data if protocol == "B" else rating_data
-    ratings = data.load_ratings(data.ensure_ratings_file(args.data_dir, not args.no_download,
-                                                         quiet=args.quiet))
+    ratings = data.load_ratings(data.find_ratings(args.data_dir, args.dataset,
+                                                  args.ratings_file, not args.no_download,
+                                                  quiet=args.quiet), args.format)
     if protocol == "A":
         return ratings, data.split_ratings(ratings, seed=args.seed)
     return ratings, data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,

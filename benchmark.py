@@ -109,7 +109,122 @@ OLD_REFERENCE = {  # folder -> (RMSE, P@100, R@100, NDCG@100), as published
 }
 
 
+# ---------------------------------------------------------------- synthetic data
+
+
+ML_20M_SHAPE = (138_493, 26_744, 20_000_263)  # users, movies, ratings
+
+
+def user_counts(n_users, n_items, n_ratings, min_count, rng):
+    """Ratings per user: log-normal activity, at least min_count, summing to n_ratings."""
+    raw = rng.lognormal(mean=0.0, sigma=1.1, size=n_users)
+    counts = np.maximum(min_count, np.round(raw / raw.sum() * n_ratings)).astype(np.int64)
+    cap = n_items // 3
+    counts = np.minimum(counts, cap)
+    while counts.sum() != n_ratings:
+        gap = n_ratings - int(counts.sum())
+        room = np.flatnonzero(counts < cap) if gap > 0 else np.flatnonzero(counts > min_count)
+        pick = rng.choice(room, size=min(abs(gap), len(room)), replace=False)
+        counts[pick] += np.sign(gap)
+    return counts
+
+
+def item_popularity(n_items, rng):
+    """Zipf-like popularity (exponent ~1) over a random order of the items."""
+    ranks = rng.permutation(n_items) + 1
+    weights = 1.0 / (ranks + 10.0) ** 1.0
+    return weights / weights.sum()
+
+
+def draw_items(counts, popularity, rng):
+    """Distinct items per user, drawn by popularity; returns (user_index, item_index)."""
+    cumulative = np.cumsum(popularity)
+    n_items = len(popularity)
+    users, items = [], []
+    for start in range(0, len(counts), 4096):
+        block = counts[start:start + 4096]
+        draws = (block * 1.6 + 20).astype(np.int64)
+        owner = np.repeat(np.arange(len(block)), draws)
+        picked = np.minimum(np.searchsorted(cumulative, rng.random(len(owner))), n_items - 1)
+        keys = np.unique(owner * n_items + picked)
+        keys = keys[rng.permutation(len(keys))]
+        keys = keys[np.argsort(keys // n_items, kind="stable")]
+        owner, picked = keys // n_items, keys % n_items
+        first = np.searchsorted(owner, np.arange(len(block)))
+        rank = np.arange(len(owner)) - first[owner]
+        keep = rank < block[owner]
+        owner, picked = owner[keep], picked[keep]
+        have = np.bincount(owner, minlength=len(block))
+        for row in np.flatnonzero(have < block):  # heavy users: top up without replacement
+            mine = picked[owner == row]
+            rest = np.setdiff1d(np.arange(n_items), mine)
+            p = popularity[rest] / popularity[rest].sum()
+            extra = rng.choice(rest, size=block[row] - have[row], replace=False, p=p)
+            owner = np.concatenate([owner, np.full(len(extra), row)])
+            picked = np.concatenate([picked, extra])
+        users.append(owner + start)
+        items.append(picked)
+    return np.concatenate(users), np.concatenate(items)
+
+
+def draw_ratings(users, items, n_users, n_items, rng):
+    """Half stars from biases and 8 latent tastes, rank-matched to ML-20M's distribution."""
+    tastes_u = rng.normal(size=(n_users, 8)).astype(np.float32)
+    tastes_i = rng.normal(size=(n_items, 8)).astype(np.float32)
+    score = (rng.normal(0, 0.4, n_users)[users] + rng.normal(0, 0.5, n_items)[items]
+             + rng.normal(0, 0.6, len(users)))
+    for start in range(0, len(users), 1 << 22):
+        part = slice(start, start + (1 << 22))
+        score[part] += 0.25 * np.einsum("ij,ij->i", tastes_u[users[part]], tastes_i[items[part]])
+    stars = np.arange(1, 11) / 2
+    shares = np.array([1.1, 3.3, 1.4, 7.2, 4.4, 21.4, 11.0, 27.8, 7.7, 14.7])
+    edges = np.quantile(score, np.cumsum(shares)[:-1] / shares.sum())
+    return stars[np.searchsorted(edges, score)]
+
+
+def synthetic_ratings(n_users, n_items, n_ratings, seed=2015, min_per_user=20):
+    """A MovieLens-20M-shaped frame (userId, movieId, rating, timestamp), rows by user and
+    time: every user with at least min_per_user ratings, item popularity with a Zipf-like
+    skew, heavy-tailed user activity, half-star ratings with ML-20M's overall shares,
+    driven by user and item biases plus 8 latent tastes (something to learn)."""
+    import pandas as pd
+    if n_users * min_per_user > n_ratings or n_ratings > n_users * (n_items // 3):
+        raise ValueError(f"{n_ratings} ratings do not fit {n_users} users with "
+                         f"{min_per_user} to {n_items // 3} ratings each")
+    rng = np.random.default_rng(seed)
+    counts = user_counts(n_users, n_items, n_ratings, min_per_user, rng)
+    users, items = draw_items(counts, item_popularity(n_items, rng), rng)
+    ratings = draw_ratings(users, items, n_users, n_items, rng)
+    movie_ids = np.sort(rng.choice(max(131_262, 2 * n_items), size=n_items, replace=False) + 1)
+    times = 789_652_009 + rng.integers(0, 638_000_000, len(users))
+    order = np.lexsort((times, users))
+    return pd.DataFrame({"userId": users[order] + 1, "movieId": movie_ids[items[order]],
+                         "rating": ratings[order], "timestamp": times[order]})
+
+
+def write_synthetic(path, shape, seed=2015):
+    """Write synthetic_ratings(*shape) as ML-20M's ratings.csv format (with its header)."""
+    frame = synthetic_ratings(*shape, seed=seed)
+    frame.to_csv(path, index=False, float_format="%.1f")
+    print(f"{path}: {len(frame):,} ratings, {shape[0]:,} users, {shape[1]:,} movies "
+          f"(ML-20M's ratings.csv format)")
+
+
 # ---------------------------------------------------------------- command line
+
+
+DATASETS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m")  # the models' --dataset
+
+
+def dataset_or_file(text):
+    """A MovieLens set name, or the path of a ratings file (absolute, it must exist)."""
+    if text in DATASETS:
+        return text
+    path = Path(text).resolve()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a data set "
+                                         f"({', '.join(DATASETS)}) nor a file")
+    return path
 
 
 def positive_int(text):
@@ -141,6 +256,17 @@ def model_choice(text):
     raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose from {names}")
 
 
+def shape_triple(text):
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"must be three positive integers "
+                                         f"USERS,MOVIES,RATINGS, not {text}")
+    return values
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Run the autoencoder model folders and the baselines on MovieLens-1M "
@@ -166,6 +292,13 @@ def parse_args(argv=None):
                              "beside another job")
     parser.add_argument("--bootstrap", type=positive_int, default=2000,
                         help="resamples of the paired bootstrap (default 2000)")
+    parser.add_argument("--dataset", type=dataset_or_file, metavar="NAME_OR_FILE",
+                        help="a MovieLens set (" + ", ".join(DATASETS) + "), passed as "
+                             "--dataset, or a ratings file of your own, passed as "
+                             "--ratings-file, to every run (default: the runs' own, ml-1m)")
+    parser.add_argument("--format", choices=("csv", "tsv", "dat"),
+                        help="with --dataset FILE: passed as --format (default: from the "
+                             "file name)")
     parser.add_argument("--data-dir", type=Path, help="passed to every run")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="passed to every model")
     parser.add_argument("--comet", choices=("auto", "online", "offline", "off"),
@@ -181,6 +314,12 @@ def parse_args(argv=None):
                         help="folder holding the model folders (default: this script's)")
     parser.add_argument("--out-dir", type=Path,
                         help="output folder (default: <repo-root>/benchmark)")
+    parser.add_argument("--make-synthetic", type=Path, metavar="FILE",
+                        help="run nothing; write a synthetic ratings file shaped like "
+                             "MovieLens-20M (ratings.csv format) to FILE and exit")
+    parser.add_argument("--synthetic-shape", type=shape_triple, default=ML_20M_SHAPE,
+                        metavar="USERS,MOVIES,RATINGS",
+                        help="with --make-synthetic (default: ML-20M's 138493,26744,20000263)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing; rebuild the report from the runs already in "
                              "<out-dir>/runs (give the same --models, --seed(s) and flags)")
@@ -191,7 +330,25 @@ def parse_args(argv=None):
     args.out_dir = (args.out_dir or args.repo_root / "benchmark").resolve()
     if args.data_dir is not None:
         args.data_dir = args.data_dir.resolve()
+    if args.format is not None and not isinstance(args.dataset, Path):
+        parser.error("--format applies to --dataset FILE only")
     return args
+
+
+def data_name(args):
+    """The data set as the report names it: the set, or an own file's name (no path)."""
+    dataset = getattr(args, "dataset", None) or "ml-1m"
+    return f"`{dataset.name}`" if isinstance(dataset, Path) else dataset
+
+
+def data_flags(args):
+    """The data set flags of every run: --dataset NAME, or --ratings-file FILE [--format]."""
+    if args.dataset is None:
+        return []
+    if not isinstance(args.dataset, Path):
+        return ["--dataset", args.dataset]
+    return ["--ratings-file", str(args.dataset)] + (
+        ["--format", args.format] if args.format else [])
 
 
 def entries(args):
@@ -224,6 +381,7 @@ def child_command(model, holdout, seed, args, run_dir):
     command += [*model.extra_args, "--out-dir", str(run_dir), "--quiet", "--seed", str(seed)]
     if model.refit:
         command.append("--refit")
+    command += data_flags(args)
     if args.data_dir is not None:
         command += ["--data-dir", str(args.data_dir)]
     if args.no_download:
@@ -729,7 +887,8 @@ def header_lines(rows, args, invocation):
         f"time {invocation['wall_seconds'] / 60:.1f} min",
         f"- Machine: {machine_description()}; device: {', '.join(devices) or '–'}",
         f"- Code: commit {invocation.get('code') or 'unknown'}",
-        f"- Data: ratings.dat sha256 {', '.join(c[:16] + '…' for c in checksums) or '–'}",
+        f"- Data: {data_name(args)}, ratings file sha256 "
+        f"{', '.join(c[:16] + '…' for c in checksums) or '–'}",
         f"- Seeds: {', '.join(map(str, seeds))}" +
         (f" (includes the tuning seed {', '.join(map(str, tuning))})" if tuning else
          " (none of them used to choose any default; the tuning seeds are 1994 and 98765)"),
@@ -897,6 +1056,12 @@ def load_invocation(args, started):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.make_synthetic is not None:
+        try:
+            write_synthetic(args.make_synthetic, args.synthetic_shape)
+        except ValueError as error:
+            sys.exit(f"error: --synthetic-shape: {error}")
+        return 0
     args.command = shlex.join(["python", "benchmark.py",
                                *(sys.argv[1:] if argv is None else argv)])
     args.code = code_version(args.repo_root)

@@ -80,16 +80,16 @@ def history_pairs(text):
                 f"{part!r} has no rating: this model needs ratings, give MovieID:Rating "
                 f"pairs (e.g. 1193:5,661:3) or --history-file FILE with MovieID::Rating lines")
         movie, _, rating = part.partition(":")
-        if not movie.strip().isdigit() or int(movie) <= 0:
-            raise argparse.ArgumentTypeError(f"{part!r}: movie id {movie!r} is not a "
-                                             f"positive integer")
+        movie = movie.strip()  # the run's type of id: history_columns
+        if not movie:
+            raise argparse.ArgumentTypeError(f"{part!r}: no movie id")
         value = parse_rating(rating)
         if value is None:
             raise argparse.ArgumentTypeError(f"{part!r}: rating {rating!r} is not a number "
                                              f"in 1..5")
-        if int(movie) in {m for m, _ in pairs}:
-            raise argparse.ArgumentTypeError(f"movie {int(movie)} is given twice")
-        pairs.append((int(movie), value))
+        if movie in {m for m, _ in pairs}:
+            raise argparse.ArgumentTypeError(f"movie {movie} is given twice")
+        pairs.append((movie, value))
     return pairs
 
 
@@ -103,7 +103,7 @@ def parse_args(argv=None):
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="run folder written by main.py (config.json, checkpoints/)")
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", type=positive_int, metavar="ID",
+    who.add_argument("--user", metavar="ID",
                      help="a user id of the run's ratings.dat")
     who.add_argument("--history", type=history_pairs, metavar="MOVIE:RATING,...",
                      help="a new user's ratings, e.g. 1193:5,661:3 (U-AutoRec only)")
@@ -113,7 +113,7 @@ def parse_args(argv=None):
     who.add_argument("--users-file", type=Path, metavar="FILE",
                      help="one user id a line: write the top K of each as CSV "
                           "user_id,rank,movie_id,score")
-    parser.add_argument("--movie", type=positive_int, metavar="ID",
+    parser.add_argument("--movie", metavar="ID",
                         help="with --user or a history: the predicted rating of this movie")
     parser.add_argument("-k", type=positive_int, default=10,
                         help="number of movies to recommend (default: %(default)s)")
@@ -126,8 +126,8 @@ def parse_args(argv=None):
                         help="with --users-file: write the CSV here (atomically) instead "
                              "of to stdout")
     parser.add_argument("--data-dir", type=Path,
-                        help="folder holding the run's ratings.dat (default: the data_dir "
-                             "recorded in the run's config.json)")
+                        help="folder holding the run's ratings file (ratings.dat for ML-1M) "
+                             "(default: the data_dir recorded in the run's config.json)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: a GPU when TensorFlow sees one (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -216,12 +216,16 @@ class Run:
 
 
 def load_split(run, data_dir):
-    """The run's Protocol A split, from the ratings file it was trained on."""
-    ratings_path = data_dir / "ratings.dat"
+    """The run's Protocol A split, from the ratings file it was trained on (its data set's,
+    or for a run on one's own file, the file of that name in data_dir)."""
+    config = run.settings
+    name = (Path(config["ratings_file"]).name if config.get("ratings_file") else
+            data.ratings_file_name(config.get("dataset") or data.DEFAULT_DATASET))
+    ratings_path = data_dir / name
     if not ratings_path.is_file():
         raise RecommendError(f"{ratings_path} not found (the run's data); pass --data-dir "
-                             f"DIR, the folder holding the ratings.dat the run was trained on")
-    ratings = data.load_ratings(ratings_path)
+                             f"DIR, the folder holding the {name} the run was trained on")
+    ratings = data.load_ratings(ratings_path, config.get("format"))
     expected = run.config.get("data_sha256")
     if expected is not None and expected != ratings.sha256:
         raise RecommendError(f"{ratings_path} differs from the file the run was trained on "
@@ -235,13 +239,18 @@ def load_split(run, data_dir):
     return split
 
 
-def load_movies(data_dir):
-    """{movie id: (title, genres)} from movies.dat (Latin-1, MovieID::Title::Genres);
-    {} when there is no movies.dat."""
-    path = data_dir / "movies.dat"
+def load_movies(data_dir, config):
+    """{movie id: (title, genres)} of the run's MovieLens set (movies.dat in Latin-1,
+    MovieID::Title::Genres, for ML-1M); {} without the file or for one's own file."""
+    if config.get("ratings_file"):
+        return {}
+    dataset = config.get("dataset") or data.DEFAULT_DATASET
+    path = data_dir / data.DATASETS[dataset].titles
     if not path.is_file():
         warn(f"{path} not found: movie ids only")
         return {}
+    if dataset != "ml-1m":
+        return data.read_titles(data_dir, dataset) or {}
     movies = {}
     for line in path.read_text(encoding="latin-1").splitlines():
         fields = line.split("::")
@@ -251,6 +260,18 @@ def load_movies(data_dir):
 
 
 # ---------------------------------------------------------------- queries
+
+
+def typed_id(text, like, what):
+    """An id given as text, as the run's ids (like) are: int when they are integers, else
+    the text; None stays None."""
+    if text is None or like.dtype.kind not in "iu":
+        return None if text is None else str(text).strip()
+    text = str(text).strip()
+    if not (text[1:] if text.startswith("-") else text).isdigit():
+        raise RecommendError(f"{what}: {text!r} is not an id of the run's ratings file "
+                             f"(its ids are integers)")
+    return int(text)
 
 
 def read_history_file(path):
@@ -267,9 +288,8 @@ def read_history_file(path):
         if len(fields) > 3:
             raise RecommendError(f"{where}: expected MovieID::Rating[::Timestamp], found "
                                  f"{len(fields)} fields: {line[:80]!r}")
-        if not fields[0].strip().isdigit() or int(fields[0]) <= 0:
-            raise RecommendError(f"{where}: movie id {fields[0]!r} is not a positive "
-                                 f"integer: {line[:80]!r}")
+        if not fields[0].strip():
+            raise RecommendError(f"{where}: no movie id: {line[:80]!r}")
         if len(fields) == 1:
             raise RecommendError(f"{where}: no rating for movie {fields[0]}: this model "
                                  f"needs MovieID::Rating lines (e.g. 1193::5)")
@@ -280,7 +300,7 @@ def read_history_file(path):
         if len(fields) == 3 and not fields[2].strip().isdigit():
             raise RecommendError(f"{where}: timestamp {fields[2]!r} is not a non-negative "
                                  f"integer: {line[:80]!r}")
-        movie = int(fields[0])
+        movie = fields[0].strip()  # the run's type of id: history_columns
         if movie in lines_of:
             raise RecommendError(f"{where}: movie {movie} is rated already on line "
                                  f"{lines_of[movie]}")
@@ -300,9 +320,10 @@ def history_columns(args, split):
     else:
         entries = [(movie, rating, None) for movie, rating in args.history]
         source = lambda number: "--history"  # noqa: E731
-    column = {int(m): c for c, m in enumerate(split.item_ids)}
+    column = {m.item(): c for c, m in enumerate(split.item_ids)}
     kept = []
     for movie, rating, number in entries:
+        movie = typed_id(movie, split.item_ids, source(number))
         if movie not in column:
             warn(f"{source(number)}: movie {movie} is not known to the model (no rating of "
                  f"it in the run's ratings.dat); skipped")
@@ -319,17 +340,18 @@ def read_users_file(path, split):
     """Row indices of the users listed in path (one id a line; a header 'user_id' allowed)."""
     if not path.is_file():
         raise RecommendError(f"--users-file {path}: no such file")
-    row = {int(u): r for r, u in enumerate(split.user_ids)}
+    row = {str(u): r for r, u in enumerate(split.user_ids.tolist())}
     users = []
     for number, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
         line = line.strip()
         if not line or (number == 1 and line == "user_id"):
             continue
-        if not line.isdigit() or int(line) not in row:
-            problem = ("is not a user id" if not line.isdigit()
-                       else "is not a user of the run's ratings.dat")
+        key = str(int(line)) if split.user_ids.dtype.kind in "iu" and line.isdigit() else line
+        if key not in row:
+            problem = ("is not a user id" if split.user_ids.dtype.kind in "iu" and
+                       not line.isdigit() else "is not a user of the run's ratings.dat")
             raise RecommendError(f"{path}, line {number}: {line[:40]!r} {problem}")
-        users.append(row[int(line)])
+        users.append(row[key])
     if not users:
         raise RecommendError(f"--users-file {path}: no user ids in the file")
     return np.array(users, dtype=np.int64)
@@ -339,7 +361,7 @@ def user_row(user_id, split):
     rows = np.flatnonzero(split.user_ids == user_id)
     if not rows.size:
         raise RecommendError(f"user {user_id} is not in the run's ratings.dat (user ids "
-                             f"{split.user_ids.min()}..{split.user_ids.max()}, "
+                             f"{split.user_ids[0]}..{split.user_ids[-1]}, "
                              f"{len(split.user_ids)} users)")
     return int(rows[0])
 
@@ -485,7 +507,7 @@ def entries(order, valid, scores, split, movies):
     for rank, (col, ok) in enumerate(zip(order.tolist(), valid.tolist()), start=1):
         if not ok:
             break
-        movie = int(split.item_ids[col])
+        movie = split.item_ids[col].item()  # an int, or the text of a string id
         title, genres = movies.get(movie, (None, None))
         rows.append({"rank": rank, "movie_id": movie, "title": title, "genres": genres,
                      "score": float(scores[col])})
@@ -531,7 +553,9 @@ def recommend(args):
                              f"does not exist")
     data_dir = run.data_dir(args.data_dir)
     split = load_split(run, data_dir)
-    movies = load_movies(data_dir)
+    args.user = typed_id(args.user, split.user_ids, "--user")
+    args.movie = typed_id(args.movie, split.item_ids, "--movie")
+    movies = load_movies(data_dir, run.settings)
     train = split.train.tocsr()
 
     if args.users_file is not None:

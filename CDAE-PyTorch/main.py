@@ -302,9 +302,10 @@ def run_process(args, context, started):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
-                                            quiet=args.quiet)
-    ratings = data.load_ratings(ratings_path)
+    ratings_path = parallel.rank_0_first(context, lambda: data.find_ratings(
+        args.data_dir, args.dataset, args.ratings_file, not args.no_download,
+        quiet=args.quiet))
+    ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     run_dir = runs.make_run_dir(args.out_dir, FOLDER) if context.main else args.out_dir
@@ -318,7 +319,8 @@ def run_process(args, context, started):
     if context.main:
         runs.write_json(run_dir / "config.json", config)
         experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-            model_name(args), FOLDER.name, "B", args.holdout, args.seed))
+            model_name(args), FOLDER.name, "B", args.holdout, args.seed,
+            runs.dataset_label(args)))
 
     net, optimiser = build(args, split.n_items, len(split.train_user_ids), device)
     parallel.broadcast_weights(net, context)

@@ -60,6 +60,16 @@ def finish(context):
         dist.destroy_process_group()
 
 
+def rank_0_first(context, work):
+    """work() on rank 0, then on the other ranks: a missing data set is downloaded once."""
+    if context.distributed and not context.main:
+        dist.barrier()
+    result = work()
+    if context.distributed and context.main:
+        dist.barrier()
+    return result
+
+
 def rank_seed(seed, context):
     """A seed for this process's noise: seed itself on rank 0 (a plain run draws what it
     always drew), an independent one on every other rank."""

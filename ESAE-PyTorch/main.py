@@ -28,6 +28,7 @@ DEFAULT_LAMBDAS = {"ease": (50.0, 88.9, 158.0, 281.0, 500.0, 889.0, 1580.0, 2810
 DEFAULT_DROPOUTS = (0.2, 0.33, 0.5, 0.67)
 SELECTION_METRIC = "ndcg@100"
 SEARCH_DTYPE = torch.float32  # the validation solves; the final B is float64
+EVAL_BATCH = 2000  # held-out users scored at a time
 
 
 # ---------------------------------------------------------------- command line
@@ -70,7 +71,7 @@ def parse_args(argv=None):
                              "OMP_NUM_THREADS); 1 is faster on a machine busy with other "
                              "jobs, where threads waiting on each other made each inverse "
                              "10 to 20 times slower")
-    args = parser.parse_args(argv)
+    args = runs.parse_with_resume(parser, argv)  # also the data set's defaults
     if args.model == "ease" and (args.dropout is not None or args.dropouts is not None):
         parser.error("--dropout and --dropouts apply to --model edlae only")
     return args
@@ -103,30 +104,38 @@ def grids(args):
 
 
 def evaluate(weights, held_out, ks, per_user_csv=None):
-    """Metrics of the held-out users scored from their fold-in items; with per_user_csv,
-    each user's metrics are also written there."""
-    item_scores = model.scores(weights, held_out.fold_in)
-    per_user = metrics.per_user_metrics(item_scores, held_out.fold_in, held_out.target, ks)
+    """Metrics of the held-out users scored with B = weights (see evaluate_by)."""
+    return evaluate_by(lambda rows: model.scores(weights, rows), held_out, ks, per_user_csv)
+
+
+def evaluate_by(score, held_out, ks, per_user_csv=None):
+    """Metrics of the held-out users scored by score(fold-in rows), EVAL_BATCH users at a
+    time (a dense users x items block each); with per_user_csv, each user's metrics are
+    also written there."""
+    batches = []
+    for start in range(0, held_out.fold_in.shape[0], EVAL_BATCH):
+        rows = slice(start, start + EVAL_BATCH)
+        fold_in, target = held_out.fold_in[rows], held_out.target[rows]
+        batches.append(metrics.per_user_metrics(score(fold_in), fold_in, target, ks))
     if per_user_csv is not None:
         metrics.write_per_user(per_user_csv, held_out.user_ids, held_out.fold_in,
-                               held_out.target, per_user)
-    return metrics.average([per_user])
+                               held_out.target, metrics.merge(batches))
+    return metrics.average(batches)
 
 
 def search(gram, validation_users, lambdas, dropouts, ks, exhaustive=False, record=None,
            dtype=SEARCH_DTYPE):
     """The (lambda, dropout) of the grids with the best validation NDCG@100, and its
     validation metrics. Each candidate is solved in dtype for the validation rows only
-    (model.validation_scores); for each dropout rate, lambda is found by model.search_grid
+    (model.validation_scorer); for each dropout rate, lambda is found by model.search_grid
     (or every lambda, exhaustive). record(lam, dropout, validation) is called for each
     candidate solved. Ties go to the smaller lambda, then the smaller dropout rate."""
     solved = {}
 
     def score(lam, dropout):
         penalty = model.edlae_penalty(gram, lam, dropout)
-        item_scores = model.validation_scores(gram, penalty, validation_users.fold_in, dtype)
-        validation = metrics.average([metrics.per_user_metrics(
-            item_scores, validation_users.fold_in, validation_users.target, ks)])
+        validation = evaluate_by(model.validation_scorer(gram, penalty, dtype),
+                                 validation_users, ks)
         solved[lam, dropout] = validation
         if record is not None:
             record(lam, dropout, validation)
@@ -144,9 +153,14 @@ def search(gram, validation_users, lambdas, dropouts, ks, exhaustive=False, reco
     return best
 
 
-def final_weights(gram, lam, dropout):
-    """The selected B, float64."""
-    return model.edlae_weights(gram, lam, dropout)
+def final_weights(gram_holder, lam, dropout):
+    """The selected B, float64, from the Gram matrix in the one-item list gram_holder,
+    which is emptied: the float32 Gram is freed before the float64 solve (at ML-20M's
+    26,744 items this keeps the peak at two float64 n x n buffers, about 11.4 GB)."""
+    gram = gram_holder.pop()
+    matrix = model.regularised(gram, model.edlae_penalty(gram, lam, dropout), torch.float64)
+    del gram
+    return model.weights_in_place(model.invert_in_place(matrix))
 
 
 def save_checkpoint(run_dir, model_name, weights, lam, dropout, item_ids):
@@ -165,9 +179,9 @@ def run(args):
     device = pick_device(args.device)
     model_name = MODEL_NAMES[args.model]
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
-                                            quiet=args.quiet)
-    ratings = data.load_ratings(ratings_path)
+    ratings_path = data.find_ratings(args.data_dir, args.dataset, args.ratings_file,
+                                     not args.no_download, quiet=args.quiet)
+    ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
@@ -179,7 +193,8 @@ def run(args):
         config["dropouts"] = dropouts
     runs.write_json(run_dir / "config.json", config)
     experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-        model_name, FOLDER.name, "B", args.holdout, args.seed))
+        model_name, FOLDER.name, "B", args.holdout, args.seed,
+        runs.dataset_label(args)))
 
     step = 0
 
@@ -198,17 +213,16 @@ def run(args):
         label = f"lambda {lam:g}" + (f" dropout {dropout:g}" if args.model == "edlae" else "")
         print(runs.summary_line(f"{label} validation", validation), flush=True)
 
-    gram = model.gram_matrix(split.train, device)
+    gram = [model.gram_matrix(split.train, device)]
     if len(lambdas) * len(dropouts) == 1:  # nothing to choose: one float64 solve
         lam, dropout = lambdas[0], dropouts[0]
         weights = final_weights(gram, lam, dropout)
         validation = evaluate(weights, split.validation, ks)
         record(lam, dropout, validation)
     else:
-        lam, dropout, validation = search(gram, split.validation, lambdas, dropouts, ks,
+        lam, dropout, validation = search(gram[0], split.validation, lambdas, dropouts, ks,
                                           args.exhaustive, record)
         weights = final_weights(gram, lam, dropout)
-    del gram
     save_checkpoint(run_dir, model_name, weights, lam, dropout, split.item_ids)
     test = evaluate(weights, split.test, ks, run_dir / "test_per_user.csv")
     selected = {"lambda": lam}

@@ -382,9 +382,9 @@ def refit(args, split, epochs, run_dir, experiment):
 def run(args):
     started = time.time()
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
-    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
-                                            quiet=args.quiet)
-    ratings = data.load_ratings(ratings_path)
+    ratings_path = data.find_ratings(args.data_dir, args.dataset, args.ratings_file,
+                                     not args.no_download, quiet=args.quiet)
+    ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_ratings(ratings, seed=args.seed)
     load_tensorflow()
     device = pick_device(args.device)  # refuse --device cuda without a GPU before writing
@@ -402,7 +402,8 @@ def run(args):
                           if k not in ("resume", "stop_after", "out_dir")},
                        **{k: v for k, v in config.items() if k != "args"}}
     experiment = runs.start_comet(args.comet, run_dir, hyperparameters, runs.run_labels(
-        MODEL_NAME, FOLDER.name, "A", "random", args.seed))
+        MODEL_NAME, FOLDER.name, "A", "random", args.seed,
+        runs.dataset_label(args)))
 
     with tf.device(device):
         inputs = network_input(split, args.variant)

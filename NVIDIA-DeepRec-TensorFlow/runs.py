@@ -18,6 +18,14 @@ from pathlib import Path
 
 COMET_PROJECT = "autoencoders-movielens1m"
 DATASET = "movielens-1m"
+# The MovieLens sets of --dataset (data.py downloads them) and the number of validation
+# users, and of test users, each holds out by default (PROTOCOLS.md, Protocol B): 600 for
+# ML-1M and 10,000 for ML-20M as in Liang et al. 2018; ML-100K and ML-10M about a tenth of
+# their users as ML-1M (943 and 69,878 users), ML-25M the 10,000 of ML-20M.
+HELDOUT_USERS = {"ml-100k": 100, "ml-1m": 600, "ml-10m": 7000, "ml-20m": 10000,
+                 "ml-25m": 10000}
+DEFAULT_DATASET = "ml-1m"
+OWN_FILE_HELDOUT_USERS = 600
 # With --resume, config.json supplies every flag but these. Run control comes from this
 # call (its default when not given); MAY_CHANGE flags from this call only when given.
 RUN_CONTROL = ("resume", "out_dir", "comet", "comet_log_model", "quiet", "device",
@@ -88,12 +96,32 @@ def positive_float_list(text):
 
 
 def add_data_arguments(parser, folder, default_data_dir):
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir,
-                        help="folder holding ratings.dat (default: ml-1m/ of the repository)")
+    """--dataset or --ratings-file (with --format), --data-dir, --out-dir, --no-download;
+    default_data_dir is ml-1m/ of the repository, whose parent holds every set's folder."""
+    parser.data_root = Path(default_data_dir).parent  # read by resolve_data_arguments
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=tuple(HELDOUT_USERS),
+                        help="MovieLens set, downloaded from GroupLens (MD5-checked) into "
+                             "its folder of the repository when missing: ml-100k (u.data), "
+                             "ml-1m (ratings.dat), ml-10m (ratings.dat, half stars), ml-20m "
+                             "and ml-25m (ratings.csv, half stars) (default: ml-1m)")
+    source.add_argument("--ratings-file", type=Path, metavar="FILE",
+                        help="your own ratings instead: one rating a line, the fields user, "
+                             "item, rating[, timestamp] in that order (columns 1-4; names "
+                             "are not read), a first line without any number in it is a "
+                             "header and skipped; ids any text (integers when every id of "
+                             "the column is one), ratings 0.5..5, timestamps integers")
+    parser.add_argument("--format", choices=("csv", "tsv", "dat"),
+                        help="--ratings-file's field separator: csv ',', tsv a tab, dat '::' "
+                             "(MovieLens, positive integer ids, no header) (default: from "
+                             "the file name: .csv, .tsv/.tab/.data, .dat)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="folder holding the set's files (default: the repository's "
+                             "folder named after --dataset, e.g. ml-1m/)")
     parser.add_argument("--out-dir", type=Path,
                         help=f"run folder (default: runs/{folder}/<timestamp>/)")
     parser.add_argument("--no-download", action="store_true",
-                        help="never download MovieLens-1M; fail if it is missing")
+                        help="never download a MovieLens set; fail if it is missing")
 
 
 def add_top_n_arguments(parser, default_ks):
@@ -101,10 +129,15 @@ def add_top_n_arguments(parser, default_ks):
     parser.add_argument("--holdout", choices=("random", "temporal"), default="random",
                         help="targets: a random 20%% of each held-out user's positives, "
                              "or the latest 20%%")
-    parser.add_argument("--min-rating", type=non_negative_int, default=4,
-                        help="ratings at or above this are positives; 0 keeps every rating")
-    parser.add_argument("--heldout-users", type=positive_int, default=600,
-                        help="number of validation users, and of test users")
+    parser.add_argument("--min-rating", type=non_negative_float, default=4,
+                        help="ratings at or above this are positives; 0 keeps every rating "
+                             "(4 keeps 4, 4.5 and 5: on half-star sets the same positives "
+                             "as Liang et al.'s > 3.5) (default: 4)")
+    parser.add_argument("--heldout-users", type=positive_int,
+                        help="number of validation users, and of test users (default: " +
+                             ", ".join(f"{n:,} for {name}" for name, n in
+                                       HELDOUT_USERS.items()) +
+                             f", {OWN_FILE_HELDOUT_USERS} for --ratings-file)")
     parser.add_argument("--ks", type=positive_int_list, default=list(default_ks),
                         help="cut-offs K of the reported metrics (default: 10,20,50,100)")
 
@@ -134,7 +167,7 @@ def parse_with_resume(parser, argv=None):
     (see RUN_CONTROL and MAY_CHANGE); any other flag given with --resume is an error."""
     args = parser.parse_args(argv)
     if getattr(args, "resume", None) is None:
-        return args
+        return resolve_data_arguments(parser, args)
     config_path = args.resume / "config.json"
     if not config_path.is_file():
         parser.error(f"--resume {args.resume}: no config.json there")
@@ -159,8 +192,35 @@ def parse_with_resume(parser, argv=None):
                                                         name in explicit):
             continue
         setattr(args, name, saved[name])
-    args.data_dir, args.out_dir = Path(args.data_dir), args.resume
+    args.out_dir = args.resume
+    if args.data_dir is not None:
+        args.data_dir = Path(args.data_dir)
+    if args.ratings_file is not None:
+        args.ratings_file = Path(args.ratings_file)
+    return resolve_data_arguments(parser, args)
+
+
+def resolve_data_arguments(parser, args):
+    """Fill the data set's defaults: --dataset ml-1m unless a --ratings-file is given, the
+    set's folder as --data-dir, its --heldout-users; --format only with --ratings-file."""
+    if args.ratings_file is None:
+        if args.format is not None:
+            parser.error("--format applies to --ratings-file only")
+        args.dataset = args.dataset or DEFAULT_DATASET
+        if args.data_dir is None:
+            args.data_dir = parser.data_root / args.dataset
+    elif args.data_dir is None:
+        args.data_dir = args.ratings_file.parent
+    if getattr(args, "heldout_users", 0) is None:
+        args.heldout_users = HELDOUT_USERS.get(args.dataset, OWN_FILE_HELDOUT_USERS)
     return args
+
+
+def dataset_label(args):
+    """The data set as runs are labelled: movielens-1m, ..., or file-<name> for one's own."""
+    if args.ratings_file is not None:
+        return f"file-{Path(args.ratings_file).name}"
+    return "movielens-" + args.dataset[len("ml-"):]
 
 
 def config_values(args):
@@ -254,13 +314,14 @@ def comet_mode(mode):
     return "online" if has_key and mode in ("online", "auto") else "offline"
 
 
-def run_labels(model, folder, protocol, holdout, seed):
-    """(name, tags, others) of a run: how a Comet project view groups and filters runs."""
+def run_labels(model, folder, protocol, holdout, seed, dataset=DATASET):
+    """(name, tags, others) of a run: how a Comet project view groups and filters runs;
+    dataset: dataset_label(args)."""
     name = f"{model} {holdout} seed {seed}"
-    tags = [model, folder, f"protocol-{protocol}", f"holdout-{holdout}", DATASET,
+    tags = [model, folder, f"protocol-{protocol}", f"holdout-{holdout}", dataset,
             f"seed-{seed}"]
     others = {"model": model, "folder": folder, "protocol": protocol, "holdout": holdout,
-              "dataset": DATASET, "seed": seed}
+              "dataset": dataset, "seed": seed}
     return name, tags, others
 
 

@@ -312,9 +312,10 @@ def run_process(args, context, started):
     evaluates and tests; the other ranks of a torchrun train their shards, then stop."""
     device = context.device
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.ensure_ratings_file(args.data_dir, not args.no_download,
-                                            quiet=args.quiet)
-    ratings = data.load_ratings(ratings_path)
+    ratings_path = parallel.rank_0_first(context, lambda: data.find_ratings(
+        args.data_dir, args.dataset, args.ratings_file, not args.no_download,
+        quiet=args.quiet))
+    ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     train_seqs = [seq for seq in split.train_seqs if len(seq) >= 2]  # >= 1 step with a target
@@ -329,7 +330,8 @@ def run_process(args, context, started):
     if context.main:
         runs.write_json(run_dir / "config.json", config)
         experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-            MODEL_NAME, FOLDER.name, "B", args.holdout, args.seed))
+            MODEL_NAME, FOLDER.name, "B", args.holdout, args.seed,
+            runs.dataset_label(args)))
 
     torch.manual_seed(args.seed)
     net = model.SVAE(split.n_items, args.embed_dim, args.rnn_dim, args.hidden_dim,

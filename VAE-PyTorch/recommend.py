@@ -66,12 +66,13 @@ def parse_args(argv=None):
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a run folder of main.py, holding config.json and best.pt")
     query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--user", type=int, metavar="ID",
-                       help="a user of the ratings file: training user, held-out user "
+    query.add_argument("--user", metavar="ID",
+                       help="a user id of the run's ratings file: training user, held-out user "
                             "(fold-in items as history) or any other user (positives as "
                             "history)")
     query.add_argument("--history", metavar="IDS",
-                       help="a new user's movies, comma-separated MovieIDs (1193,661,914)")
+                       help="a new user's movies, comma-separated MovieIDs (1193,661,914), "
+                            "item ids of the run's ratings file")
     query.add_argument("--history-file", type=Path, metavar="FILE",
                        help="a new user's movies, one `MovieID[::Rating[::Timestamp]]` a "
                             "line; a rating below the run's min_rating is not a positive")
@@ -87,8 +88,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, metavar="FILE",
                         help="with --users-file: write the CSV here (atomically), not stdout")
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="folder of ratings.dat and movies.dat (default: the run's own, "
-                             "data_dir of config.json)")
+                        help="folder of the run's ratings file and titles (ratings.dat and "
+                             "movies.dat for ML-1M) (default: the run's own, data_dir of "
+                             "config.json)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: the GPU when there is one")
     parser.add_argument("--threads", type=positive_int, default=1,
@@ -194,8 +196,12 @@ class Inputs:
     train_rows: np.ndarray
 
 
-def ratings_file(data_dir):
-    path = data_dir / "ratings.dat"
+def ratings_file(data_dir, config):
+    """The run's ratings file in data_dir: its data set's (ratings.dat of ml-1m, ...) or,
+    for a run on one's own file, that file's name."""
+    name = (Path(config["ratings_file"]).name if config.get("ratings_file") else
+            data.ratings_file_name(config.get("dataset") or data.DEFAULT_DATASET))
+    path = data_dir / name
     if not path.is_file():
         raise RecommendError(f"{path} not found: the run's data folder (data_dir of "
                              f"config.json) has moved? Pass --data-dir DIR")
@@ -205,7 +211,7 @@ def ratings_file(data_dir):
 def load_split(data_dir, config, item_ids):
     """The run's split, rebuilt from the run's file with the run's settings."""
     try:
-        ratings = data.load_ratings(ratings_file(data_dir))
+        ratings = data.load_ratings(ratings_file(data_dir, config), config.get("format"))
         if config.get("data_sha256") not in (None, ratings.sha256):
             raise RecommendError(f"{ratings.path} differs from the file the run was trained "
                                  f"on (sha256 {config['data_sha256']}): the split cannot be "
@@ -260,7 +266,8 @@ def outside_users(ratings, item_ids, user_ids, min_rating):
     keep = (np.isin(ratings.users, user_ids) & (ratings.ratings >= min_rating)
             & np.isin(ratings.items, item_ids))
     users, items = ratings.users[keep], ratings.items[keep]
-    times = ratings.timestamps[keep] if ratings.timestamps is not None else np.zeros_like(users)
+    times = (ratings.timestamps[keep] if ratings.timestamps is not None
+             else np.zeros(len(users), dtype=np.int64))
     order = np.lexsort((items, times, users))
     users, items = users[order], np.searchsorted(item_ids, items[order])
     rows = np.searchsorted(user_ids, users)
@@ -270,19 +277,29 @@ def outside_users(ratings, item_ids, user_ids, min_rating):
     return matrix, [items[starts[r]:starts[r + 1]] for r in range(len(user_ids))]
 
 
-def parse_history(text):
+def as_id(text, like):
+    """An id typed by the user as the run's ids (like) are: an int when they are integers
+    (None when text is not one), else the text itself (None when empty)."""
+    text = text.strip()
+    if like.dtype.kind in "iu":
+        digits = text[1:] if text.startswith("-") else text
+        return int(text) if digits.isdigit() else None
+    return text or None
+
+
+def parse_history(text, item_ids):
     """Movie ids of --history, in the given order."""
     ids = []
     for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) <= 0:
-            raise RecommendError(f"--history: {part!r} is not a movie id (give "
+        movie = as_id(part, item_ids)
+        if movie is None:
+            raise RecommendError(f"--history: {part.strip()!r} is not a movie id (give "
                                  f"comma-separated MovieIDs, e.g. 1193,661,914)")
-        ids.append(int(part))
+        ids.append(movie)
     return ids
 
 
-def read_history_file(path, min_rating):
+def read_history_file(path, min_rating, item_ids):
     """Movie ids of a history file's positives: file order, or by (timestamp, movie id)
     when every line has a timestamp. A rating below min_rating is skipped, with a warning."""
     try:
@@ -297,20 +314,18 @@ def read_history_file(path, min_rating):
         if not line:
             continue
         fields = [field.strip() for field in line.split("::")]
-        if len(fields) > 3 or not all(field.isdigit() for field in fields):
+        movie = as_id(fields[0], item_ids)
+        if (len(fields) > 3 or movie is None or not all(_is_number(f) for f in fields[1:2])
+                or not all(f.isdigit() for f in fields[2:])):
             raise RecommendError(f"{path}, line {number}: expected "
                                  f"MovieID[::Rating[::Timestamp]], found {line[:80]!r}")
-        movie = int(fields[0])
-        if movie <= 0:
-            raise RecommendError(f"{path}, line {number}: movie id must be positive: "
-                                 f"{line[:80]!r}")
         if len(fields) > 1:
-            rating = int(fields[1])
-            if not 1 <= rating <= 5:
-                raise RecommendError(f"{path}, line {number}: rating {rating} is outside "
-                                     f"1..5: {line[:80]!r}")
+            rating = float(fields[1])
+            if not data.RATING_RANGE[0] <= rating <= data.RATING_RANGE[1]:
+                raise RecommendError(f"{path}, line {number}: rating {fields[1]} is outside "
+                                     f"0.5..5: {line[:80]!r}")
             if rating < min_rating:
-                below.append(f"line {number} (movie {movie}, rating {rating})")
+                below.append(f"line {number} (movie {movie}, rating {fields[1]})")
                 continue
         entries.append((movie, int(fields[2]) if len(fields) == 3 else None))
     if below:
@@ -319,6 +334,13 @@ def read_history_file(path, min_rating):
     if entries and all(stamp is not None for _, stamp in entries):
         entries.sort(key=lambda entry: (entry[1], entry[0]))
     return [movie for movie, _ in entries]
+
+
+def _is_number(text):
+    try:
+        return abs(float(text)) < float("inf")
+    except ValueError:
+        return False
 
 
 def history_inputs(movie_ids, item_ids):
@@ -333,7 +355,7 @@ def history_inputs(movie_ids, item_ids):
             kept.append(movie)
     if repeated:
         warn(f"movie(s) given more than once, kept once: {', '.join(map(str, repeated))}")
-    kept = np.array(kept, dtype=np.int64)
+    kept = np.array(kept)
     position = np.minimum(np.searchsorted(item_ids, kept), len(item_ids) - 1)
     known = item_ids[position] == kept
     unknown = ", ".join(str(m) for m in kept[~known])
@@ -351,7 +373,7 @@ def history_inputs(movie_ids, item_ids):
     return Inputs(matrix, [items], np.array([-1])), kept[known]
 
 
-def read_users_file(path):
+def read_users_file(path, user_ids):
     try:
         lines = path.read_text(encoding="latin-1").splitlines()
     except FileNotFoundError:
@@ -363,13 +385,14 @@ def read_users_file(path):
         line = line.strip()
         if not line:
             continue
-        if not line.isdigit() or int(line) <= 0:
+        user = as_id(line, user_ids)
+        if user is None:
             raise RecommendError(f"{path}, line {number}: {line[:80]!r} is not a user id "
                                  f"(one id a line)")
-        users.append(int(line))
+        users.append(user)
     if not users:
         raise RecommendError(f"users file {path} holds no user id")
-    return np.array(users, dtype=np.int64)
+    return np.array(users)
 
 
 # ---------------------------------------------------------------- ranking and output
@@ -401,12 +424,18 @@ def top_k_in_chunks(scorer, inputs, k, include_seen, chunk=USERS_PER_CHUNK):
     return np.concatenate(tops), np.concatenate(top_scores)
 
 
-def read_movies(data_dir):
-    """MovieID -> (title, genres) from movies.dat (Latin-1), or None without the file."""
-    path = data_dir / "movies.dat"
+def read_movies(data_dir, config):
+    """MovieID -> (title, genres) from the run's MovieLens set (movies.dat in Latin-1 for
+    ML-1M), or None without the file or for a run on one's own file (ids only)."""
+    if config.get("ratings_file"):
+        return None
+    dataset = config.get("dataset") or data.DEFAULT_DATASET
+    path = data_dir / data.DATASETS[dataset].titles
     if not path.is_file():
         warn(f"{path} not found: movie ids only")
         return None
+    if dataset != "ml-1m":
+        return data.read_titles(data_dir, dataset)
     movies, bad = {}, []
     for number, line in enumerate(path.read_bytes().decode("latin-1").splitlines(), start=1):
         fields = line.split("::")
@@ -425,7 +454,7 @@ def entries(top, top_scores, item_ids, movies):
     for rank, (item, score) in enumerate(zip(top, top_scores), start=1):
         if not np.isfinite(score):
             break  # only masked items are left
-        movie = int(item_ids[item])
+        movie = item_ids[item].item()  # an int, or the text of a string id
         title, genres = movies.get(movie, (None, None)) if movies is not None else (None, None)
         result.append({"rank": rank, "movie_id": movie, "title": title, "genres": genres,
                        "score": float(score)})
@@ -484,10 +513,11 @@ def run(args):
     min_rating = config["min_rating"]
     item_ids = np.asarray(checkpoint["item_ids"]) if "item_ids" in checkpoint else None
 
-    users = read_users_file(args.users_file) if args.users_file is not None else None
-    split = ratings = None
-    if args.user is not None or users is not None or Scorer.needs_split(checkpoint):
+    split = ratings = users = None
+    if args.user is not None or args.users_file is not None or Scorer.needs_split(checkpoint):
         ratings, split = load_split(data_dir, config, item_ids)
+    if args.users_file is not None:
+        users = read_users_file(args.users_file, ratings.users)
     scorer = Scorer(config, checkpoint, device, split)
     item_ids = scorer.item_ids
 
@@ -503,7 +533,11 @@ def run(args):
         return
 
     if args.user is not None:
-        inputs, kinds = describe_users(ratings, split, np.array([args.user]), min_rating)
+        user = as_id(args.user, ratings.users)
+        if user is None:
+            raise RecommendError(f"--user: {args.user!r} is not a user id of {ratings.path}")
+        args.user = user
+        inputs, kinds = describe_users(ratings, split, np.array([user]), min_rating)
         n_input = inputs.matrix.nnz
         if n_input == 0:
             raise RecommendError(f"user {args.user} has no positive (rating >= {min_rating}) "
@@ -517,16 +551,16 @@ def run(args):
         query = {"user": args.user, "user_kind": str(kinds[0])}
         heading = f"user {args.user} ({what})"
     else:
-        movie_ids = (parse_history(args.history) if args.history is not None
-                     else read_history_file(args.history_file, min_rating))
+        movie_ids = (parse_history(args.history, item_ids) if args.history is not None
+                     else read_history_file(args.history_file, min_rating, item_ids))
         if not movie_ids:
             raise RecommendError(f"{args.history_file} holds no positive movie: nothing to "
                                  f"recommend from")
         inputs, kept = history_inputs(movie_ids, item_ids)
-        query = {"history": [int(m) for m in kept]}
+        query = {"history": [m.item() for m in kept]}
         heading = f"a new user (input: {len(kept)} movies)"
 
-    movies = read_movies(data_dir)
+    movies = read_movies(data_dir, config)
     top, top_scores = top_k(scorer.scores(inputs), inputs.matrix, args.k, args.include_seen)
     rows = entries(top[0], top_scores[0], item_ids, movies)
     if args.json:

@@ -497,3 +497,41 @@ def test_models_accept_folder_and_model_names_in_table_order():
                                                "VAE-PyTorch", "ESAE-PyTorch"]
     assert [m.folder for m in benchmark.parse_args([]).models] == [
         m.folder for m in benchmark.MODELS]
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_ratings_have_the_asked_shape_and_a_popularity_skew(tmp_path):
+    """--make-synthetic: exactly the asked users, movies and ratings, no repeated pair, at
+    least 20 ratings per user, half stars, rows by user then time, a few movies holding
+    many ratings (popularity skew), the same file for the same seed; a shape that cannot
+    hold the ratings is one error line."""
+    import pandas as pd
+    path = tmp_path / "synthetic.csv"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--make-synthetic", str(path),
+                           "--synthetic-shape", "3000,900,120000"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert path.read_text().startswith("userId,movieId,rating,timestamp\n")
+    frame = pd.read_csv(path)
+    assert len(frame) == 120_000
+    assert frame.userId.nunique() == 3000 and frame.movieId.nunique() == 900
+    assert not frame.duplicated(["userId", "movieId"]).any()
+    assert frame.groupby("userId").size().min() >= 20
+    assert set(frame.rating.unique()) <= {x / 2 for x in range(1, 11)}
+    assert (frame.rating >= 4).mean() == pytest.approx(0.50, abs=0.02)  # ML-20M: about half
+    keys = list(zip(frame.userId, frame.timestamp))
+    assert keys == sorted(keys)
+    per_movie = np.sort(frame.groupby("movieId").size().to_numpy())[::-1]
+    assert per_movie[:9].sum() > 0.06 * len(frame)  # top 1% of movies: over 6% of ratings
+    again = tmp_path / "again.csv"
+    subprocess.run([sys.executable, str(SCRIPT), "--make-synthetic", str(again),
+                    "--synthetic-shape", "3000,900,120000"], check=True, capture_output=True,
+                   timeout=120)
+    assert again.read_bytes() == path.read_bytes()
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--make-synthetic", str(path),
+                          "--synthetic-shape", "3000,30,120000"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--synthetic-shape" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

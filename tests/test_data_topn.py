@@ -32,8 +32,8 @@ def test_parses_four_and_three_field_files(data, tmp_path):
 @pytest.mark.parametrize("bad_line, reason", [
     ("3,30,4,300", "fields"),
     ("3::abc::4::300", "MovieID"),
-    ("3::30::6::300", "outside 1..5"),
-    ("3::30::0::300", "outside 1..5"),
+    ("3::30::6::300", "outside 0.5..5"),
+    ("3::30::0::300", "outside 0.5..5"),
     ("3::30::4", "fields"),
     ("", "fields"),
     ("3\t30::4::300", "fields"),

@@ -197,6 +197,46 @@ def test_fast_search_selects_what_exhaustive_float64_selects(model, main, topic_
     assert exhaustive[:2] == (lam, dropout)
 
 
+def test_batched_evaluation_equals_one_batch(main, topic_split, monkeypatch, tmp_path):
+    """Held-out users are scored EVAL_BATCH at a time (memory that grows with the data): with
+    batches of 7 users the metrics, the per-user CSV and the search's choice are those of one
+    batch."""
+    split = topic_split
+    gram = main.model.gram_matrix(split.train, torch.device("cpu"))
+    weights = main.model.ease_weights(gram, 30.0)
+    whole = main.evaluate(weights, split.test, [10, 100], tmp_path / "whole.csv")
+    whole_search = main.search(gram, split.validation, [3, 30, 300], [0.0], [100])
+    monkeypatch.setattr(main, "EVAL_BATCH", 7)
+    calls = []
+    original = main.metrics.per_user_metrics
+    monkeypatch.setattr(main.metrics, "per_user_metrics",
+                        lambda scores, *rest: calls.append(len(scores)) or original(scores, *rest))
+    batched = main.evaluate(weights, split.test, [10, 100], tmp_path / "batched.csv")
+    assert max(calls) == 7 and sum(calls) == split.test.fold_in.shape[0]
+    assert batched == pytest.approx(whole, rel=1e-12)
+    assert (tmp_path / "batched.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    batched_search = main.search(gram, split.validation, [3, 30, 300], [0.0], [100])
+    assert batched_search[:2] == whole_search[:2]
+    assert batched_search[2] == pytest.approx(whole_search[2], rel=1e-9)
+
+
+def test_gram_is_exact_float32_and_final_solve_frees_it(main, topic_split):
+    """The Gram matrix is held in float32 (exact: whole co-occurrence counts); the final
+    float64 B from final_weights equals edlae_weights' and takes the Gram out of its holder."""
+    model = main.model
+    gram = model.gram_matrix(topic_split.train, torch.device("cpu"))
+    X = topic_split.train.toarray().astype(np.float64)
+    assert gram.dtype == torch.float32
+    np.testing.assert_array_equal(gram.double().numpy(), X.T @ X)
+    holder = [gram]
+    weights = main.final_weights(holder, 30.0, 0.25)
+    assert holder == [] and weights.dtype == torch.float64
+    np.testing.assert_allclose(weights.numpy(), model.edlae_weights(gram, 30.0, 0.25).numpy(),
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        model.gram_matrix(sp.csr_matrix(X * 2), torch.device("cpu"))
+
+
 def test_search_grid_on_unimodal_curves(model):
     """The golden-section bracket finds the maximum of any unimodal curve on grids of 1 to
     16 values, ties to the smaller value, each value scored at most once."""

@@ -66,7 +66,7 @@ GOOD_LINES = "1::1::1::100\n2::20::5::200\n"  # id 1, ratings 1 and 5: the ends 
     ("3::0::0::300", "ids must be positive"),
     ("0::0::4::300", "ids must be positive"),
     ("3::-30::4::300", "MovieID '-30' is not a non-negative integer"),
-    ("3::30::6::300", "rating 6 is outside 1..5"),
+    ("3::30::6::300", "rating 6 is outside 0.5..5"),
 ])
 def test_bad_line_is_named_with_its_reason(data, tmp_path, bad_line, reason):
     path = tmp_path / "ratings.dat"

@@ -126,8 +126,10 @@ def make_parser(resume=True, default_data_dir=Path("ml-1m")):
 
 
 def test_argument_defaults():
-    args = make_parser().parse_args([])
+    parser = make_parser()
+    args = runs.resolve_data_arguments(parser, parser.parse_args([]))
     assert vars(args) == {
+        "dataset": "ml-1m", "ratings_file": None, "format": None,
         "data_dir": Path("ml-1m"), "out_dir": None, "no_download": False,
         "holdout": "random", "min_rating": 4, "heldout_users": 600, "ks": [10, 20, 50, 100],
         "device": "auto", "resume": None, "comet": "auto", "comet_log_model": False,
@@ -191,7 +193,9 @@ def saved_run(tmp_path, config):
 
 def test_without_resume_the_arguments_are_parsed_as_given(tmp_path):
     args = runs.parse_with_resume(make_parser(), ["--seed", "3"])
-    assert vars(args) == vars(make_parser().parse_args(["--seed", "3"]))
+    parser = make_parser()
+    assert vars(args) == vars(runs.resolve_data_arguments(parser,
+                                                          parser.parse_args(["--seed", "3"])))
     args = runs.parse_with_resume(make_parser(resume=False), ["--seed", "3"])
     assert args.seed == 3 and not hasattr(args, "resume")
 
@@ -204,6 +208,8 @@ def test_resume_restores_the_saved_flags(tmp_path, nested):
         # from config.json
         "holdout": "temporal", "min_rating": 3, "heldout_users": 100, "ks": [5, 10],
         "seed": 7, "lr": 0.01, "epochs": 50, "data_dir": Path("/saved/data"),
+        # a run saved before --dataset: ML-1M, as it was then
+        "dataset": "ml-1m", "ratings_file": None, "format": None,
         # run control: this call's value, here its default
         "resume": run, "out_dir": run, "device": "auto", "comet": "auto",
         "comet_log_model": False, "quiet": False, "threads": None, "no_download": False,
