@@ -5,9 +5,11 @@ generalisation).
 The experiment: command line, data, the network, the training loop with early stopping on
 validation NDCG@100, the fold-in of held-out users' vectors, the single test evaluation
 and the results. The run folder (config.json, metrics.jsonl, results.json, checkpoints),
---resume and CometML logging use runs.py. Usage: python CDAE-PyTorch/main.py --help
+--resume and CometML logging use runs.py; training over several processes (torchrun) uses
+parallel.py. Usage: python CDAE-PyTorch/main.py --help
 """
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,11 +20,13 @@ from tqdm import tqdm
 import data
 import metrics
 import model
+import parallel
 import runs
 from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
 FOLDER = Path(__file__).resolve().parent
 SELECTION_METRIC = "ndcg@100"
+EVAL_BATCH_USERS = 1000  # held-out users folded in and scored at once (dense rows)
 
 
 class Diverged(Exception):
@@ -42,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=positive_int, default=80,
                         help="maximum number of training epochs")
     parser.add_argument("--batch-size", type=positive_int, default=256,
-                        help="training users per batch")
+                        help="training users per batch; under torchrun the global batch: "
+                             "each of N processes takes about batch-size/N of them")
     parser.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate")
     parser.add_argument("--optimizer", choices=("adam", "adagrad"), default="adam")
     parser.add_argument("--user-optimizer", choices=("adam", "sparse-adam"), default="adam",
@@ -143,49 +148,79 @@ def build(args, n_items, n_users, device):
                                torch.optim.SparseAdam([users], lr=args.lr))
 
 
-def train_epoch(net, optimiser, train, args, epoch, device):
-    """One pass over the training users in a seeded order; returns the mean batch loss."""
+def train_epoch(net, optimiser, train, args, epoch, context):
+    """One pass over the training users in a seeded order; returns the mean batch loss.
+    Under torchrun every process draws the same order and takes its shard of each batch;
+    the user vectors' gradient is summed over the batch's rows only."""
+    device = context.device
     order = torch.randperm(train.shape[0],
                            generator=torch.Generator().manual_seed(epoch_seed(args.seed, epoch)))
-    noise = torch.Generator(device=device).manual_seed(epoch_seed(args.seed, epoch))
+    noise = torch.Generator(device=device).manual_seed(
+        epoch_seed(parallel.rank_seed(args.seed, context), epoch))
     negatives = args.negatives if args.loss == "sampled" else None
     net.train()
+    params = list(net.parameters())
+    sparse = isinstance(optimiser, SplitOptimiser)
     total, n_batches = 0.0, 0
     batches = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch}",
-                   disable=args.quiet, leave=False)
+                   disable=args.quiet or not context.main, leave=False)
     for start in batches:
         users = order[start:start + args.batch_size]
-        x = torch.from_numpy(train[users.numpy()].toarray()).to(device)
-        mask = model.loss_mask(x, negatives, noise)
-        user_vectors = None if net.user_vectors is None else net.user_vectors(users.to(device))
-        logits = net(model.corrupt(x, args.dropout, noise), user_vectors)
-        loss = (model.reconstruction_loss(logits, x, mask).mean()
-                + 0.5 * args.l2 * net.network_l2())
-        if user_vectors is not None:
-            loss = loss + 0.5 * args.l2 * user_vectors.square().sum(dim=1).mean()
-        if not torch.isfinite(loss):
-            raise Diverged(f"training loss became {loss.item()} at epoch {epoch}")
+        mine = parallel.shard(users, context)
         optimiser.zero_grad()
-        loss.backward()
+        loss = torch.zeros(())
+        if len(mine):  # the last batch may leave a process without users
+            share = parallel.share(len(mine), len(users))
+            reconstruction, user_l2 = batch_losses(net, train, mine, args, negatives, noise,
+                                                   context.device)
+            # the network's L2 term: each of N processes adds 1/N of it
+            loss = reconstruction * share + 0.5 * args.l2 * net.network_l2() / context.world
+            if user_l2 is not None:
+                loss = loss + 0.5 * args.l2 * user_l2 * share
+            loss.backward()
+        rows = {} if net.user_vectors is None else {net.user_vectors.weight: users.to(device)}
+        value, = parallel.reduce_gradients(params, context, [loss.item()], rows, sparse)
+        if not math.isfinite(value):
+            raise Diverged(f"training loss became {value} at epoch {epoch}")
         optimiser.step()
-        total, n_batches = total + loss.item(), n_batches + 1
+        total, n_batches = total + value, n_batches + 1
         batches.set_postfix(loss=f"{total / n_batches:.3f}")
     return total / n_batches
 
 
-def evaluate(net, fold_in_x, held_out, args, ks, per_user_csv=None):
-    """Fit the held-out users' vectors on their fold-in items, then rank all items;
-    with per_user_csv, each user's metrics are also written there."""
+def batch_losses(net, train, users, args, negatives, noise, device):
+    """Means over the users of the reconstruction loss and of their vectors' squared norm
+    (None without a user node)."""
+    x = torch.from_numpy(train[users.numpy()].toarray()).to(device)
+    mask = model.loss_mask(x, negatives, noise)
+    user_vectors = None if net.user_vectors is None else net.user_vectors(users.to(device))
+    logits = net(model.corrupt(x, args.dropout, noise), user_vectors)
+    reconstruction = model.reconstruction_loss(logits, x, mask).mean()
+    if user_vectors is None:
+        return reconstruction, None
+    return reconstruction, user_vectors.square().sum(dim=1).mean()
+
+
+def evaluate(net, held_out, args, ks, device, per_user_csv=None):
+    """Fit the held-out users' vectors on their fold-in items, then rank all items,
+    EVAL_BATCH_USERS users at a time (only a batch's rows are dense); with per_user_csv,
+    each user's metrics are also written there."""
     net.eval()
     negatives = args.negatives if args.loss == "sampled" else None
-    vectors = model.fold_in(net, fold_in_x, args.fold_in_steps, args.fold_in_lr, args.l2,
-                            negatives)
-    item_scores = model.scores(net, fold_in_x, vectors).cpu().numpy()
-    per_user = metrics.per_user_metrics(item_scores, held_out.fold_in, held_out.target, ks)
+    n_users = held_out.fold_in.shape[0]
+    per_user = []
+    for start in range(0, n_users, EVAL_BATCH_USERS):
+        fold_in = held_out.fold_in[start:start + EVAL_BATCH_USERS]
+        x = torch.from_numpy(fold_in.toarray()).to(device)
+        vectors = model.fold_in(net, x, args.fold_in_steps, args.fold_in_lr, args.l2,
+                                negatives, n_users)
+        item_scores = model.scores(net, x, vectors).cpu().numpy()
+        per_user.append(metrics.per_user_metrics(
+            item_scores, fold_in, held_out.target[start:start + EVAL_BATCH_USERS], ks))
     if per_user_csv is not None:
         metrics.write_per_user(per_user_csv, held_out.user_ids, held_out.fold_in,
-                               held_out.target, per_user)
-    return metrics.average([per_user])
+                               held_out.target, metrics.merge(per_user))
+    return metrics.average(per_user)
 
 
 def fresh_state():
@@ -212,75 +247,106 @@ def load_checkpoint(run_dir, net, optimiser, device, lr):
     return checkpoint
 
 
-def train(net, optimiser, state, split, args, ks, run_dir, experiment, device):
+def train(net, optimiser, state, split, args, ks, run_dir, experiment, context):
     """Epochs with early stopping; checkpoints last.pt each evaluation and best.pt on a new
-    best validation NDCG@100. Returns the final state."""
-    fold_in_x = torch.from_numpy(split.validation.fold_in.toarray()).to(device)
-    while state["epoch"] < args.epochs and state["bad_evaluations"] < args.patience:
+    best validation NDCG@100. Returns the final state. Under torchrun rank 0 evaluates and
+    the others learn from it whether to stop."""
+    stop = state["bad_evaluations"] >= args.patience
+    while state["epoch"] < args.epochs and not stop:
         epoch = state["epoch"] + 1
-        train_loss = train_epoch(net, optimiser, split.train, args, epoch, device)
+        train_loss = train_epoch(net, optimiser, split.train, args, epoch, context)
         runs.log_epoch(experiment, epoch, {"train_loss": train_loss})
         state["epoch"] = epoch
         if epoch % args.eval_every and epoch != args.epochs:
             continue
-        validation = evaluate(net, fold_in_x, split.validation, args, ks)
-        record = {"epoch": epoch, "train_loss": train_loss, "validation": validation}
-        state["history"].append(record)
-        runs.append_jsonl(run_dir / "metrics.jsonl", record)
-        runs.log_epoch(experiment, epoch, {}, validation)
-        best = state["best_validation"]
-        if best is None or validation[SELECTION_METRIC] > best[SELECTION_METRIC]:
-            state.update(best_epoch=epoch, best_validation=validation, bad_evaluations=0)
-            save_checkpoint(run_dir / "best.pt", net, optimiser, state)
-        else:
-            state["bad_evaluations"] += 1
-        save_checkpoint(run_dir / "last.pt", net, optimiser, state)
-        tqdm.write(runs.summary_line(f"epoch {epoch} loss {train_loss:.4f} validation", validation))
+        stop = parallel.broadcast(context.main and evaluate_epoch(
+            net, optimiser, state, split, args, ks, run_dir, experiment, context.device,
+            (epoch, train_loss)), context)
     return state
+
+
+def evaluate_epoch(net, optimiser, state, split, args, ks, run_dir, experiment, device,
+                   trained):
+    """Validation, log and checkpoints after an epoch (rank 0); whether to stop early."""
+    epoch, train_loss = trained
+    validation = evaluate(net, split.validation, args, ks, device)
+    record = {"epoch": epoch, "train_loss": train_loss, "validation": validation}
+    state["history"].append(record)
+    runs.append_jsonl(run_dir / "metrics.jsonl", record)
+    runs.log_epoch(experiment, epoch, {}, validation)
+    best = state["best_validation"]
+    if best is None or validation[SELECTION_METRIC] > best[SELECTION_METRIC]:
+        state.update(best_epoch=epoch, best_validation=validation, bad_evaluations=0)
+        save_checkpoint(run_dir / "best.pt", net, optimiser, state)
+    else:
+        state["bad_evaluations"] += 1
+    save_checkpoint(run_dir / "last.pt", net, optimiser, state)
+    tqdm.write(runs.summary_line(f"epoch {epoch} loss {train_loss:.4f} validation", validation))
+    return state["bad_evaluations"] >= args.patience
 
 
 def run(args):
     started = time.time()
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
-    device = pick_device(args.device)
+    context = parallel.start(pick_device(args.device))
+    try:
+        return run_process(args, context, started)
+    finally:
+        parallel.finish(context)
+
+
+def run_process(args, context, started):
+    """The run as one process sees it: rank 0 (or a plain run) writes the run folder,
+    evaluates and tests; the other ranks of a torchrun train their shards, then stop."""
+    device = context.device
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.find_ratings(args.data_dir, args.dataset, args.ratings_file,
-                                     not args.no_download, quiet=args.quiet)
+    ratings_path = parallel.rank_0_first(context, lambda: data.find_ratings(
+        args.data_dir, args.dataset, args.ratings_file, not args.no_download,
+        quiet=args.quiet))
     ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
-    run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
+    run_dir = runs.make_run_dir(args.out_dir, FOLDER) if context.main else args.out_dir
     if args.resume is not None:
         runs.check_same_data(run_dir, ratings.sha256, ratings_path)
     config = {**runs.config_values(args), "resume": None, "model": model_name(args),
               "device_used": str(device), "n_train_users": len(split.train_user_ids),
-              "n_items": split.n_items, "data_sha256": ratings.sha256}
-    runs.write_json(run_dir / "config.json", config)
-    experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-        model_name(args), FOLDER.name, "B", args.holdout, args.seed,
-        runs.dataset_label(args)))
+              "n_items": split.n_items, "data_sha256": ratings.sha256,
+              "processes": context.world}
+    experiment = None
+    if context.main:
+        runs.write_json(run_dir / "config.json", config)
+        experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
+            model_name(args), FOLDER.name, "B", args.holdout, args.seed,
+            runs.dataset_label(args)))
 
     net, optimiser = build(args, split.n_items, len(split.train_user_ids), device)
+    parallel.broadcast_weights(net, context)
     state = fresh_state()
-    if args.resume is not None:
+    if args.resume is not None:  # under torchrun every process loads last.pt
         state = load_checkpoint(run_dir, net, optimiser, device, args.lr)
-        print(runs.starting_message(run_dir, state["epoch"]))
-    # a resumed run repeats the epochs after its last checkpoint: drop their old lines
-    runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
+    if context.main:
+        if args.resume is not None:
+            print(runs.starting_message(run_dir, state["epoch"]))
+        # a resumed run repeats the epochs after its last checkpoint: drop their old lines
+        runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
     try:
-        state = train(net, optimiser, state, split, args, ks, run_dir, experiment, device)
+        state = train(net, optimiser, state, split, args, ks, run_dir, experiment, context)
     except Diverged as error:
+        if not context.main:
+            sys.exit(f"error: {error}")
         kept = (f"best checkpoint (epoch {state['best_epoch']}) kept at {run_dir / 'best.pt'}"
                 if state["best_epoch"] is not None else "no checkpoint had been written yet")
         runs.finish_comet(experiment, run_dir)
         sys.exit(f"error: {error}; {kept}")
+    if not context.main:
+        return None
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     net.load_state_dict(best["model"])
-    test_x = torch.from_numpy(split.test.fold_in.toarray()).to(device)
-    test = evaluate(net, test_x, split.test, args, ks, run_dir / "test_per_user.csv")
+    test = evaluate(net, split.test, args, ks, device, run_dir / "test_per_user.csv")
     print(runs.summary_line(f"test (epoch {state['best_epoch']})", test))
 
     results = {"model": model_name(args), "folder": FOLDER.name, "protocol": "B",
@@ -289,7 +355,8 @@ def run(args):
                "epochs_run": state["epoch"],
                "wall_seconds": round(time.time() - started, 2),
                "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
-               "data_sha256": ratings.sha256, "device": str(device)}
+               "data_sha256": ratings.sha256, "device": str(device),
+               "processes": context.world}
     runs.finish_run(experiment, run_dir, results, run_dir / "best.pt", args.comet_log_model)
     return results
 

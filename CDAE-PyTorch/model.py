@@ -83,15 +83,17 @@ def reconstruction_loss(logits, x, mask):
     return bce.sum(dim=1)
 
 
-def fold_in(net, x, steps=20, lr=0.1, l2=3e-3, negatives=5.0):
+def fold_in(net, x, steps=20, lr=0.1, l2=3e-3, negatives=5.0, n_users=None):
     """User vectors V for held-out users with dense fold-in rows x, the network frozen.
 
-    All users at once: V starts at zero and takes `steps` Adam steps on the training loss
+    All users of x at once: V starts at zero and takes `steps` Adam steps on the training loss
     without input noise. Training draws `negatives` unobserved items per observed one; here
     each unobserved item is weighted by its sampling rate instead, the same loss in
     expectation but deterministic (negatives None: every item, weight 1). Only V is
     optimised: the network's parameters are set to not require gradients meanwhile, so
     they never receive one. Returns None (same as V = 0) without a user node or steps.
+    n_users: the size of the group x is a batch of (default: x's rows); the loss is the
+    group's mean, so a user's steps do not depend on how the group is cut into batches.
     """
     if net.user_vectors is None or steps == 0:
         return None
@@ -110,6 +112,8 @@ def fold_in(net, x, steps=20, lr=0.1, l2=3e-3, negatives=5.0):
                 logits = net.decoder(torch.sigmoid(encoded + vectors))
                 loss = (reconstruction_loss(logits, x, weights)
                         + 0.5 * l2 * vectors.square().sum(dim=1)).mean()
+                if n_users is not None and n_users != x.shape[0]:
+                    loss = loss * (x.shape[0] / n_users)
                 loss.backward()
                 optimiser.step()
     finally:

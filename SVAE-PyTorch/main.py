@@ -5,8 +5,8 @@ The experiment: command line, data, the network, the batched training loop (user
 similar length batched together, padded, truncated back-propagation through time), KL
 annealing, early stopping on validation NDCG@100, the single test evaluation of the best
 weights and the results. The run folder (config.json, metrics.jsonl, results.json, last.pt
-and best.pt), --resume and CometML logging use runs.py.
-Usage: python SVAE-PyTorch/main.py --help
+and best.pt), --resume and CometML logging use runs.py; training over several processes
+(torchrun) uses parallel.py. Usage: python SVAE-PyTorch/main.py --help
 """
 import argparse
 import math
@@ -21,6 +21,7 @@ from tqdm import tqdm
 import data
 import metrics
 import model
+import parallel
 import runs
 from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
@@ -30,6 +31,7 @@ SELECTION_METRIC = "ndcg@100"
 DEFAULT_EPOCHS = 12
 DEFAULT_ANNEAL_CAP = {"temporal": 0.05, "random": 1.0}  # chosen per hold-out (README.md)
 EVAL_BATCH_USERS = 256
+EVAL_CHUNK_USERS = 2048  # held-out users whose dense scores are held at once
 
 
 class TrainingError(Exception):
@@ -56,7 +58,9 @@ def parse_args(argv=None):
                         help="most epochs (default %(default)s); with --resume, a new total "
                              "for the resumed run")
     parser.add_argument("--batch-size", type=positive_int, default=16,
-                        help="users per update (users of similar length are batched together)")
+                        help="users per update (users of similar length are batched "
+                             "together); under torchrun the global batch: each of N "
+                             "processes takes about batch-size/N of them")
     parser.add_argument("--lr", type=positive_float, default=2e-3,
                         help="Adam learning rate of the first epoch")
     parser.add_argument("--lr-decay", type=runs.decay_factor, default=0.85,
@@ -123,9 +127,12 @@ def pick_device(choice):
 # ---------------------------------------------------------------- batches
 
 
-def epoch_generators(seed, epoch):
-    """A NumPy RandomState (batching) and a torch seed (noise, dropout) for one epoch alone."""
+def epoch_generators(seed, epoch, noise_seed=None):
+    """A NumPy RandomState (batching) and a torch seed (noise, dropout) for one epoch alone;
+    noise_seed (default seed): the noise of another process's shard under torchrun."""
     numpy_seed, torch_seed = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    if noise_seed is not None and noise_seed != seed:
+        torch_seed = np.random.SeedSequence([noise_seed, epoch]).generate_state(2)[1]
     return np.random.RandomState(numpy_seed), int(torch_seed)
 
 
@@ -167,25 +174,33 @@ def linear_beta(step, cap, total_steps):
 # ---------------------------------------------------------------- training
 
 
-def train_epoch(net, optimizer, seqs, epoch, step, args, n_items, device):
-    """One pass over the training users; returns ([mean loss, NLL, KL per user], step, beta)."""
+def train_epoch(net, optimizer, seqs, epoch, step, args, n_items, context):
+    """One pass over the training users; returns ([mean loss, NLL, KL per user], step, beta).
+    Under torchrun every process forms the same batches and takes its shard of each."""
     net.train()
     set_epoch_lr(optimizer, args, epoch)
-    shuffler, torch_seed = epoch_generators(args.seed, epoch)
+    shuffler, torch_seed = epoch_generators(args.seed, epoch,
+                                            parallel.rank_seed(args.seed, context))
     torch.manual_seed(torch_seed)
     lengths = np.array([len(seq) for seq in seqs])
     batches = length_batches(lengths, args.batch_size, shuffler)
     total_steps = round(args.anneal_epochs * len(batches))
     totals, n_users, beta = np.zeros(3), 0, 0.0
-    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+    params = list(net.parameters())
+    bar = tqdm(batches, desc=f"epoch {epoch}", leave=False,
+               disable=args.quiet or not context.main)
     for batch in bar:
-        items, targets, weights, n_steps = to_tensors([seqs[u] for u in batch], n_items,
-                                                      args.next_k, device, args.loss_steps,
-                                                      shuffler)
+        mine = parallel.shard(batch, context)
         beta = linear_beta(step, args.anneal_cap, total_steps)
         optimizer.zero_grad()
-        loss, nll, kl = model.batch_loss(net, items, targets, weights, n_steps, beta,
-                                         args.bptt, backward=True)
+        parts = [0.0, 0.0, 0.0]  # the last batch may leave a process without users
+        if len(mine):
+            items, targets, weights, n_steps = to_tensors(
+                [seqs[u] for u in mine], n_items, args.next_k, context.device,
+                args.loss_steps, shuffler)
+            parts = model.batch_loss(net, items, targets, weights, n_steps, beta, args.bptt,
+                                     backward=True, n_users=len(batch))
+        loss, nll, kl = parallel.reduce_gradients(params, context, parts)
         if not math.isfinite(loss):
             raise Diverged(epoch, step, loss)
         if args.clip > 0:
@@ -215,14 +230,19 @@ def score_users(net, seqs, n_items, device, score="last"):
 
 
 def evaluate(net, held_out, ks, n_items, device, score="last", per_user_csv=None):
-    """Metrics over all held-out users: whole fold-in sequence in, every fold-in item masked;
-    with per_user_csv, each user's metrics are also written there."""
-    scores = score_users(net, held_out.fold_in_seqs, n_items, device, score)
-    per_user = metrics.per_user_metrics(scores, held_out.fold_in, held_out.target, ks)
+    """Metrics over all held-out users: whole fold-in sequence in, every fold-in item masked,
+    EVAL_CHUNK_USERS users' dense scores at a time; with per_user_csv, each user's metrics
+    are also written there."""
+    per_user = []
+    for start in range(0, len(held_out.fold_in_seqs), EVAL_CHUNK_USERS):
+        end = start + EVAL_CHUNK_USERS
+        scores = score_users(net, held_out.fold_in_seqs[start:end], n_items, device, score)
+        per_user.append(metrics.per_user_metrics(scores, held_out.fold_in[start:end],
+                                                 held_out.target[start:end], ks))
     if per_user_csv is not None:
         metrics.write_per_user(per_user_csv, held_out.user_ids, held_out.fold_in,
-                               held_out.target, per_user)
-    return metrics.average([per_user])
+                               held_out.target, metrics.merge(per_user))
+    return metrics.average(per_user)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -280,42 +300,63 @@ def run(args):
     started = time.time()
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
     torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    context = parallel.start(pick_device(args.device))
+    try:
+        return run_process(args, context, started)
+    finally:
+        parallel.finish(context)
+
+
+def run_process(args, context, started):
+    """The run as one process sees it: rank 0 (or a plain run) writes the run folder,
+    evaluates and tests; the other ranks of a torchrun train their shards, then stop."""
+    device = context.device
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.find_ratings(args.data_dir, args.dataset, args.ratings_file,
-                                     not args.no_download, quiet=args.quiet)
+    ratings_path = parallel.rank_0_first(context, lambda: data.find_ratings(
+        args.data_dir, args.dataset, args.ratings_file, not args.no_download,
+        quiet=args.quiet))
     ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
     train_seqs = [seq for seq in split.train_seqs if len(seq) >= 2]  # >= 1 step with a target
-    run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
+    run_dir = runs.make_run_dir(args.out_dir, FOLDER) if context.main else args.out_dir
     if args.resume is not None:
         runs.check_same_data(run_dir, ratings.sha256, ratings_path)
     config = {**runs.config_values(args), "resume": None, "model": MODEL_NAME,
               "device_used": str(device), "n_train_users": len(train_seqs),
-              "n_items": split.n_items, "data_sha256": ratings.sha256}
-    runs.write_json(run_dir / "config.json", config)
-    experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-        MODEL_NAME, FOLDER.name, "B", args.holdout, args.seed,
-        runs.dataset_label(args)))
+              "n_items": split.n_items, "data_sha256": ratings.sha256,
+              "processes": context.world}
+    experiment = None
+    if context.main:
+        runs.write_json(run_dir / "config.json", config)
+        experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
+            MODEL_NAME, FOLDER.name, "B", args.holdout, args.seed,
+            runs.dataset_label(args)))
 
     torch.manual_seed(args.seed)
     net = model.SVAE(split.n_items, args.embed_dim, args.rnn_dim, args.hidden_dim,
                      args.latent_dim, args.dropout).to(device)
+    parallel.broadcast_weights(net, context)
     # foreach: one batched update for all tensors, the same numbers as the per-tensor loop
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                  foreach=True)
+    # under torchrun every process loads last.pt: weights and optimiser state stay equal
     state = fresh_state() if args.resume is None else load_last(run_dir, net, optimizer, device)
-    if args.resume is not None:
-        print(runs.starting_message(run_dir, state["epoch"]))
-    runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
+    if context.main:
+        if args.resume is not None:
+            print(runs.starting_message(run_dir, state["epoch"]))
+        runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
 
     try:
-        train_loop(args, net, optimizer, split, train_seqs, state, ks, device, run_dir,
+        train_loop(args, net, optimizer, split, train_seqs, state, ks, context, run_dir,
                    experiment)
     except Diverged as error:
+        if not context.main:
+            raise TrainingError(str(error)) from None
         runs.finish_comet(experiment, run_dir)
         raise TrainingError(diverged_message(error, run_dir, state)) from None
+    if not context.main:
+        return None
 
     best = state["best"]
     checkpoint = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
@@ -329,20 +370,22 @@ def run(args):
                "best_epoch": best["epoch"], "selected": {},
                "wall_seconds": round(time.time() - started, 2),
                "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
-               "data_sha256": ratings.sha256, "device": str(device)}
+               "data_sha256": ratings.sha256, "device": str(device),
+               "processes": context.world}
     runs.finish_run(experiment, run_dir, results, run_dir / "best.pt", args.comet_log_model)
     return results
 
 
-def train_loop(args, net, optimizer, split, train_seqs, state, ks, device, run_dir,
+def train_loop(args, net, optimizer, split, train_seqs, state, ks, context, run_dir,
                experiment):
-    """Epochs from state['epoch'] + 1 on, evaluating every --eval-every and at the end."""
+    """Epochs from state['epoch'] + 1 on, evaluating every --eval-every and at the end;
+    under torchrun rank 0 evaluates and the others learn from it whether to stop."""
     if state["best"] is not None and state["bad_evals"] >= args.patience:
         return
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         epoch_started = time.time()
         (loss, nll, kl), state["step"], beta = train_epoch(net, optimizer, train_seqs, epoch,
-                                                state["step"], args, split.n_items, device)
+                                                state["step"], args, split.n_items, context)
         train_seconds = time.time() - epoch_started
         state["epoch"] = epoch
         lr = optimizer.param_groups[0]["lr"]
@@ -351,19 +394,30 @@ def train_loop(args, net, optimizer, split, train_seqs, state, ks, device, run_d
                                            "epoch_train_seconds": train_seconds})
         if epoch % args.eval_every and epoch != args.epochs:
             continue
-        validation = evaluate(net, split.validation, ks, split.n_items, device, args.score)
-        runs.log_epoch(experiment, epoch, {}, validation)
-        tqdm.write(runs.summary_line(f"epoch {epoch} loss {loss:.3f} (nll {nll:.3f}, kl "
-                                     f"{kl:.2f}, beta {beta:.3f}) train {train_seconds:.1f}s "
-                                     f"validation", validation))
         line = {"epoch": epoch, "train_loss": loss, "train_nll": nll, "train_kl": kl,
-                "beta": beta, "lr": lr, "train_seconds": round(train_seconds, 2),
-                "validation": validation}
-        if record_evaluation(run_dir, net, optimizer, state, line, split.item_ids,
-                             args.patience):
-            tqdm.write(f"early stop: no better validation {SELECTION_METRIC} in "
-                       f"{args.patience} evaluations")
+                "beta": beta, "lr": lr, "train_seconds": round(train_seconds, 2)}
+        if parallel.broadcast(context.main and evaluate_epoch(
+                args, net, optimizer, split, state, ks, context.device, run_dir, experiment,
+                line), context):
             return
+
+
+def evaluate_epoch(args, net, optimizer, split, state, ks, device, run_dir, experiment, line):
+    """Validation, log and checkpoints after an epoch (rank 0); whether to stop early."""
+    epoch = line["epoch"]
+    validation = evaluate(net, split.validation, ks, split.n_items, device, args.score)
+    runs.log_epoch(experiment, epoch, {}, validation)
+    tqdm.write(runs.summary_line(f"epoch {epoch} loss {line['train_loss']:.3f} (nll "
+                                 f"{line['train_nll']:.3f}, kl {line['train_kl']:.2f}, beta "
+                                 f"{line['beta']:.3f}) train {line['train_seconds']:.1f}s "
+                                 f"validation", validation))
+    line = {**line, "validation": validation}
+    stop = record_evaluation(run_dir, net, optimizer, state, line, split.item_ids,
+                             args.patience)
+    if stop:
+        tqdm.write(f"early stop: no better validation {SELECTION_METRIC} in "
+                   f"{args.patience} evaluations")
+    return stop
 
 
 def main(argv=None):

@@ -166,15 +166,17 @@ def step_losses(model, hidden, targets, weights, sample=True, generator=None):
 
 
 def batch_loss(model, items, targets, weights, n_steps, beta, bptt, sample=True,
-               generator=None, backward=False):
+               generator=None, backward=False, n_users=None):
     """Mean over users of each user's mean step loss, chunk by chunk (truncated BPTT).
 
     items: (users x T) padded item ids; targets, weights: (users x T x k); n_steps: number
     of steps with at least one target per user (> 0). With backward=True each chunk's share
     of the loss is back-propagated as soon as it is computed. Returns the loss (float) and
-    its two parts (mean NLL and mean KL, floats).
+    its two parts (mean NLL and mean KL, floats). n_users (default: the rows of items): the
+    users the mean is over, more than items holds when it is one process's shard of a batch.
     """
-    n_users, length = items.shape
+    length = items.shape[1]
+    n_users = items.shape[0] if n_users is None else n_users
     share = 1.0 / (n_steps.to(torch.float32) * n_users)  # each step's weight in the mean
     state, totals = None, torch.zeros(3, device=items.device)
     for start in range(0, length, bptt):

@@ -35,6 +35,7 @@ import model
 FOLDER = Path(__file__).resolve().parent
 MODEL_NAMES = ("SVAE",)
 CHECKPOINT = "best.pt"
+USERS_PER_CHUNK = 2048  # --users-file: users whose dense scores are held at once
 CHECKPOINT_WHEN = ("main.py writes it at the first validation evaluation "
                    "(--eval-every)")
 SCORE_BATCH = 256  # users per batch, as main.py evaluates (EVAL_BATCH_USERS)
@@ -420,6 +421,19 @@ def top_k(scores, seen, k, include_seen):
     return top, np.take_along_axis(scores, top, axis=1)
 
 
+def top_k_in_chunks(scorer, inputs, k, include_seen, chunk=USERS_PER_CHUNK):
+    """top_k of many users, `chunk` users' dense scores at a time (memory grows with the
+    chunk, not with the number of users)."""
+    tops, top_scores = [], []
+    for start in range(0, inputs.matrix.shape[0], chunk):
+        part = slice(start, start + chunk)
+        rows = Inputs(inputs.matrix[part], inputs.seqs[part], inputs.train_rows[part])
+        top, scores = top_k(scorer.scores(rows), rows.matrix, k, include_seen)
+        tops.append(top)
+        top_scores.append(scores)
+    return np.concatenate(tops), np.concatenate(top_scores)
+
+
 def read_movies(data_dir, config):
     """MovieID -> (title, genres) from the run's MovieLens set (movies.dat in Latin-1 for
     ML-1M), or None without the file or for a run on one's own file (ids only)."""
@@ -524,8 +538,7 @@ def run(args):
             warn(f"{empty.size} user(s) with no positive on the model's items (their list "
                  f"ranks an empty input): {', '.join(map(str, empty[:10]))}"
                  f"{', ...' if empty.size > 10 else ''}")
-        top, top_scores = top_k(scorer.scores(inputs), inputs.matrix, args.k,
-                                args.include_seen)
+        top, top_scores = top_k_in_chunks(scorer, inputs, args.k, args.include_seen)
         write_csv(users, top, top_scores, item_ids, args.output)
         return
 

@@ -4,7 +4,8 @@ Protocol B of PROTOCOLS.md (top-N ranking under strong generalisation).
 The experiment: command line, data, the network, the training loop with KL annealing,
 early stopping on validation NDCG@100, the single test evaluation of the best weights and
 the results. The run folder (config.json, metrics.jsonl, results.json, last.pt and best.pt),
---resume and CometML logging use runs.py. Usage: python VAE-PyTorch/main.py --help
+--resume and CometML logging use runs.py; training over several processes (torchrun) uses
+parallel.py. Usage: python VAE-PyTorch/main.py --help
 """
 import argparse
 import math
@@ -19,6 +20,7 @@ from tqdm import tqdm
 import data
 import metrics
 import model
+import parallel
 import runs
 from runs import non_negative_float, non_negative_int, positive_float, positive_int
 
@@ -50,7 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=non_negative_int, default=98765,
                         help="seed of the split, the initial weights and every epoch's noise")
     parser.add_argument("--epochs", type=positive_int, default=200)
-    parser.add_argument("--batch-size", type=positive_int, default=100, help="users per update")
+    parser.add_argument("--batch-size", type=positive_int, default=100, help="users per update; under torchrun the global batch: each "
+                             "of N processes takes about batch-size/N of them")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                         help="L2 weight decay of Adam")
@@ -103,34 +106,44 @@ def default_anneal_steps(n_train_users, batch_size, epochs):
     return epochs * math.ceil(n_train_users / batch_size)
 
 
-def epoch_generators(seed, epoch, device):
-    """A NumPy RandomState (shuffling) and a torch Generator (noise) for one epoch alone."""
+def epoch_generators(seed, epoch, device, noise_seed=None):
+    """A NumPy RandomState (shuffling) and a torch Generator (noise) for one epoch alone;
+    noise_seed (default seed): the noise of another process's shard under torchrun."""
     numpy_seed, torch_seed = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    if noise_seed is not None and noise_seed != seed:
+        torch_seed = np.random.SeedSequence([noise_seed, epoch]).generate_state(2)[1]
     generator = torch.Generator(device=device)
     generator.manual_seed(int(torch_seed))
     return np.random.RandomState(numpy_seed), generator
 
 
-def train_epoch(net, optimizer, train, epoch, step, args, anneal, device):
-    """One pass over the training users in a shuffled order; returns (mean loss, step, beta)."""
+def train_epoch(net, optimizer, train, epoch, step, args, anneal, context):
+    """One pass over the training users in a shuffled order; returns (mean loss, step, beta).
+    Under torchrun every process draws the same order and takes its shard of each batch."""
     net.train()
-    shuffler, generator = epoch_generators(args.seed, epoch, device)
+    device = context.device
+    shuffler, generator = epoch_generators(args.seed, epoch, device,
+                                           parallel.rank_seed(args.seed, context))
     order = shuffler.permutation(train.shape[0])
     starts = range(0, len(order), args.batch_size)
     total, beta = 0.0, 0.0
-    bar = tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=args.quiet)
+    bar = tqdm(starts, desc=f"epoch {epoch}", leave=False,
+               disable=args.quiet or not context.main)
     for batch, start in enumerate(bar, start=1):
-        rows = train[order[start:start + args.batch_size]]
-        x = model.sparse_rows(rows, device)
+        users = order[start:start + args.batch_size]
+        mine = parallel.shard(users, context)
         beta = model.anneal_beta(step, anneal[1], anneal[0]) if net.variational else 0.0
-        logits, mu, logvar = net(x, generator)
-        neg_ll, kl = model.loss_terms(logits, x, mu, logvar)
-        loss = neg_ll + beta * kl
-        value = loss.item()
+        optimizer.zero_grad()
+        loss = torch.zeros(())
+        if len(mine):
+            x = model.sparse_rows(train[mine], device)
+            logits, mu, logvar = net(x, generator)
+            neg_ll, kl = model.loss_terms(logits, x, mu, logvar)
+            loss = (neg_ll + beta * kl) * parallel.share(len(mine), len(users))
+            loss.backward()
+        value, = parallel.reduce_gradients(list(net.parameters()), context, [loss.item()])
         if not math.isfinite(value):
             raise Diverged(epoch, step, value)
-        optimizer.zero_grad()
-        loss.backward()
         optimizer.step()
         step += 1
         total += value
@@ -209,14 +222,25 @@ def diverged_message(error, run_dir, state):
 def run(args):
     started = time.time()
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
-    device = pick_device(args.device)
+    context = parallel.start(pick_device(args.device))
+    try:
+        return run_process(args, context, started)
+    finally:
+        parallel.finish(context)
+
+
+def run_process(args, context, started):
+    """The run as one process sees it: rank 0 (or a plain run) writes the run folder,
+    evaluates and tests; the other ranks of a torchrun train their shards, then stop."""
+    device = context.device
     ks = sorted(set(args.ks) | {100})
-    ratings_path = data.find_ratings(args.data_dir, args.dataset, args.ratings_file,
-                                     not args.no_download, quiet=args.quiet)
+    ratings_path = parallel.rank_0_first(context, lambda: data.find_ratings(
+        args.data_dir, args.dataset, args.ratings_file, not args.no_download,
+        quiet=args.quiet))
     ratings = data.load_ratings(ratings_path, args.format)
     split = data.split_top_n(ratings, seed=args.seed, min_rating=args.min_rating,
                              heldout_users=args.heldout_users, holdout=args.holdout)
-    run_dir = runs.make_run_dir(args.out_dir, FOLDER)  # once the data is good
+    run_dir = runs.make_run_dir(args.out_dir, FOLDER) if context.main else args.out_dir
     if args.resume is not None:
         runs.check_same_data(run_dir, ratings.sha256, ratings_path)
         if args.total_anneal_steps is None:  # the schedule the run began with (--epochs may grow)
@@ -227,27 +251,37 @@ def run(args):
               "device_used": str(device), "anneal_cap_used": anneal[0],
               "total_anneal_steps_used": anneal[1],
               "n_train_users": len(split.train_user_ids), "n_items": split.n_items,
-              "data_sha256": ratings.sha256}
-    runs.write_json(run_dir / "config.json", config)
-    experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
-        model_name, FOLDER.name, "B", args.holdout, args.seed,
-        runs.dataset_label(args)))
+              "data_sha256": ratings.sha256, "processes": context.world}
+    experiment = None
+    if context.main:
+        runs.write_json(run_dir / "config.json", config)
+        experiment = runs.start_comet(args.comet, run_dir, config, runs.run_labels(
+            model_name, FOLDER.name, "B", args.holdout, args.seed,
+            runs.dataset_label(args)))
 
     torch.manual_seed(args.seed)
     net = model.MultVAE(split.n_items, args.hidden, args.latent, args.dropout,
                         variational=args.variant == "vae").to(device)
+    parallel.broadcast_weights(net, context)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                  fused=True)   # one kernel per step: the CPU step is ~4x faster
+    # under torchrun every process loads last.pt: weights and optimiser state stay equal
     state = fresh_state() if args.resume is None else load_last(run_dir, net, optimizer, device)
-    if args.resume is not None:
-        print(runs.starting_message(run_dir, state["epoch"]))
-    runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
+    if context.main:
+        if args.resume is not None:
+            print(runs.starting_message(run_dir, state["epoch"]))
+        runs.rewrite_jsonl(run_dir / "metrics.jsonl", state["history"])
 
     try:
-        train_loop(args, net, optimizer, split, state, anneal, ks, device, run_dir, experiment)
+        train_loop(args, net, optimizer, split, state, anneal, ks, context, run_dir,
+                   experiment)
     except Diverged as error:
+        if not context.main:
+            raise TrainingError(str(error)) from None
         runs.finish_comet(experiment, run_dir)
         raise TrainingError(diverged_message(error, run_dir, state)) from None
+    if not context.main:
+        return None
 
     best = state["best"]
     checkpoint = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
@@ -263,32 +297,46 @@ def run(args):
                             "anneal_cap": anneal[0], "total_anneal_steps": anneal[1]},
                "wall_seconds": round(time.time() - started, 2),
                "peak_memory_mb": round(runs.peak_memory_mb(), 1), "seed": args.seed,
-               "data_sha256": ratings.sha256, "device": str(device)}
+               "data_sha256": ratings.sha256, "device": str(device),
+               "processes": context.world}
     runs.finish_run(experiment, run_dir, results, run_dir / "best.pt", args.comet_log_model)
     return results
 
 
-def train_loop(args, net, optimizer, split, state, anneal, ks, device, run_dir, experiment):
-    """Epochs from state['epoch'] + 1 on, evaluating every --eval-every and at the end."""
+def train_loop(args, net, optimizer, split, state, anneal, ks, context, run_dir, experiment):
+    """Epochs from state['epoch'] + 1 on, evaluating every --eval-every and at the end;
+    under torchrun rank 0 evaluates and the others learn from it whether to stop."""
     if state["best"] is not None and state["bad_evals"] >= args.patience:
         return
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         loss, state["step"], beta = train_epoch(net, optimizer, split.train, epoch,
-                                                state["step"], args, anneal, device)
+                                                state["step"], args, anneal, context)
         state["epoch"] = epoch
-        runs.log_epoch(experiment, epoch, {"train_loss": loss, "beta": beta})
         if epoch % args.eval_every and epoch != args.epochs:
+            runs.log_epoch(experiment, epoch, {"train_loss": loss, "beta": beta})
             continue
-        validation = evaluate(net, split.validation, ks, args.batch_size, device)
-        runs.log_epoch(experiment, epoch, {}, validation)
-        tqdm.write(runs.summary_line(f"epoch {epoch} loss {loss:.2f} beta {beta:.3f} "
-                                     f"validation", validation))
-        line = {"epoch": epoch, "train_loss": loss, "beta": beta, "validation": validation}
-        if record_evaluation(run_dir, net, optimizer, state, line, split.item_ids,
-                             args.patience):
-            tqdm.write(f"early stop: no better validation {SELECTION_METRIC} in "
-                       f"{args.patience} evaluations")
+        if parallel.broadcast(context.main and evaluate_epoch(
+                args, net, optimizer, split, state, ks, context.device, run_dir, experiment,
+                (epoch, loss, beta)), context):
             return
+
+
+def evaluate_epoch(args, net, optimizer, split, state, ks, device, run_dir, experiment,
+                   trained):
+    """Validation, log and checkpoints after an epoch (rank 0); whether to stop early."""
+    epoch, loss, beta = trained
+    runs.log_epoch(experiment, epoch, {"train_loss": loss, "beta": beta})
+    validation = evaluate(net, split.validation, ks, args.batch_size, device)
+    runs.log_epoch(experiment, epoch, {}, validation)
+    tqdm.write(runs.summary_line(f"epoch {epoch} loss {loss:.2f} beta {beta:.3f} "
+                                 f"validation", validation))
+    line = {"epoch": epoch, "train_loss": loss, "beta": beta, "validation": validation}
+    stop = record_evaluation(run_dir, net, optimizer, state, line, split.item_ids,
+                             args.patience)
+    if stop:
+        tqdm.write(f"early stop: no better validation {SELECTION_METRIC} in "
+                   f"{args.patience} evaluations")
+    return stop
 
 
 def main(argv=None):

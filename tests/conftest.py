@@ -121,8 +121,8 @@ def load_main(folder):
     """Import REPO/folder/main.py in-process. main.py imports data, metrics and model by
     plain name: lend it this folder's copies (load_module) under those names while it loads,
     then put back whatever sys.modules held before. Its `main.model` etc. are the copies."""
-    names = ["data", "metrics", "model"] + (["runs"] if (REPO / folder / "runs.py").is_file()
-                                            else [])
+    names = ["data", "metrics", "model"] + [name for name in ("runs", "parallel")
+                                            if (REPO / folder / f"{name}.py").is_file()]
     saved = {name: sys.modules.get(name) for name in names}
     try:
         for name in names:  # runs.py, where there is one, may import the other three

@@ -224,8 +224,8 @@ def test_evaluation_masks_fold_in_items(planted_dir):
             return popularity.repeat(x.shape[0], 1) + 1e6 * x
 
     held = split.test
-    fold_in_x = torch.from_numpy(held.fold_in.toarray()).float()
-    got = main.evaluate(FoldInFirst(), fold_in_x, held, main.parse_args([]), [10, 100])
+    got = main.evaluate(FoldInFirst(), held, main.parse_args([]), [10, 100],
+                        torch.device("cpu"))
     expected = metrics.ranking_metrics(np.tile(popularity.numpy(), (len(held.user_ids), 1)),
                                        held.fold_in, held.target, [10, 100])
     assert got == pytest.approx(expected)
@@ -265,7 +265,7 @@ def recorded_steps(user_optimizer, n_users=30, n_items=40, batch_size=10):
     optimiser.step = recording_step
     rows = np.random.default_rng(0).random((n_users, n_items)) < 0.3
     main.train_epoch(net, optimiser, scipy.sparse.csr_matrix(rows, dtype=np.float32), args,
-                     1, torch.device("cpu"))
+                     1, main.parallel.Context(device=torch.device("cpu")))
     assert len(steps) == n_users // batch_size
     return main, args, net, optimiser, steps
 

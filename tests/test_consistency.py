@@ -99,6 +99,13 @@ def test_runs_copies_are_identical(folder):
     assert source(folder, "runs") == source("ESAE-PyTorch", "runs")
 
 
+@pytest.mark.parametrize("folder", ["CDAE-PyTorch", "SVAE-PyTorch"])
+def test_parallel_copies_are_identical(folder):
+    """parallel.py, training over several processes, is one file in the three folders that
+    train with torchrun (VAE, CDAE, SVAE): byte for byte the same."""
+    assert source(folder, "parallel") == source("VAE-PyTorch", "parallel")
+
+
 def test_runs_imports_no_framework():
     imported = set()
     for node in ast.walk(ast.parse(source("ESAE-PyTorch", "runs"))):

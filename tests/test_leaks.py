@@ -228,10 +228,7 @@ def test_cdae_fold_in_and_scores_ignore_targets(tmp_path, monkeypatch):
         net = sibling(main, "model").CDAE(split.n_items, len(split.train_user_ids),
                                           args.hidden, not args.no_user_node)
 
-        def evaluate(group):  # main.py's input: the dense fold-in rows
-            fold_in_x = torch.from_numpy(group.fold_in.toarray()).to(CPU)
-            return main.evaluate(net, fold_in_x, group, args, KS)
-        return evaluate
+        return lambda group: main.evaluate(net, group, args, KS, CPU)
 
     check_top_n("CDAE-PyTorch", tmp_path, monkeypatch, evaluate_with)
 

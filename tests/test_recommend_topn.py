@@ -173,8 +173,7 @@ def evaluation_scores(folder, run_dir, split):
         else:
             net = model.CDAE(split.n_items, len(split.train_user_ids), config["hidden"], True)
             net.load_state_dict(checkpoint["model"])
-            fold_in_x = torch.from_numpy(split.test.fold_in.toarray())
-            main.evaluate(net, fold_in_x, split.test, argparse.Namespace(**config), [10])
+            main.evaluate(net, split.test, argparse.Namespace(**config), [10], cpu)
     finally:
         metrics.per_user_metrics = original
     assert recorded  # VAE: one call per batch of users, in user order

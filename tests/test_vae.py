@@ -23,7 +23,8 @@ FRACTION = 0.85
 
 @pytest.fixture(scope="module")
 def modules():
-    loaded = {name: load_module(FOLDER, name) for name in ("data", "model", "metrics", "runs")}
+    loaded = {name: load_module(FOLDER, name)
+              for name in ("data", "model", "metrics", "runs", "parallel")}
     return {**loaded, "main": load_main(loaded)}
 
 
