@@ -55,8 +55,14 @@ def start(device):
     return Context(rank=rank, world=world, device=device)
 
 
-def finish(context):
+def finish(context, completed=True):
+    """Leave the process group. After a completed run every process first waits for the
+    others (rank 0 still evaluates the test users): a process that tore down its gloo
+    connections while a peer still used them was seen to abort at exit. After an error it
+    leaves at once; the others fail at their next collective."""
     if context.distributed and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

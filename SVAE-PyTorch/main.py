@@ -302,9 +302,12 @@ def run(args):
     torch.set_num_threads(args.threads)
     context = parallel.start(pick_device(args.device))
     try:
-        return run_process(args, context, started)
-    finally:
-        parallel.finish(context)
+        result = run_process(args, context, started)
+    except BaseException:
+        parallel.finish(context, completed=False)
+        raise
+    parallel.finish(context)
+    return result
 
 
 def run_process(args, context, started):

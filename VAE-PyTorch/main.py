@@ -224,9 +224,12 @@ def run(args):
     runs.comet_mode(args.comet)  # refuse --comet online without a key before writing
     context = parallel.start(pick_device(args.device))
     try:
-        return run_process(args, context, started)
-    finally:
-        parallel.finish(context)
+        result = run_process(args, context, started)
+    except BaseException:
+        parallel.finish(context, completed=False)
+        raise
+    parallel.finish(context)
+    return result
 
 
 def run_process(args, context, started):
