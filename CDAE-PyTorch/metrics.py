@@ -14,11 +14,24 @@ def top_k_items(scores, fold_in, k):
 
     scores: dense (users x items) array; fold_in: scipy sparse matrix of the same shape.
     """
-    masked = np.array(scores, dtype=np.float64, copy=True)
+    negated = np.array(scores, dtype=np.float64, copy=True)
+    np.negative(negated, out=negated)  # ascending order of -scores; in place: one copy
     rows, cols = fold_in.nonzero()
-    masked[rows, cols] = -np.inf
-    k = min(k, masked.shape[1])
-    return np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    negated[rows, cols] = np.inf
+    if k >= negated.shape[1]:
+        return np.argsort(negated, axis=1, kind="stable")
+    # A partial sort: the k smallest of -scores per row, then sorted by (value, index).
+    chosen = np.sort(np.argpartition(negated, k - 1, axis=1)[:, :k], axis=1)
+    values = np.take_along_axis(negated, chosen, axis=1)
+    top = np.take_along_axis(chosen, np.argsort(values, axis=1, kind="stable"), axis=1)
+    # Where more items tie at the k-th value than were chosen, argpartition picked among
+    # them freely; those rows (rare: exact ties, NaN) get the full stable sort.
+    kth = values.max(axis=1, keepdims=True)
+    ambiguous = (np.isnan(kth[:, 0]) | ((negated == kth).sum(axis=1)
+                                        != (values == kth).sum(axis=1)))
+    if ambiguous.any():
+        top[ambiguous] = np.argsort(negated[ambiguous], axis=1, kind="stable")[:, :k]
+    return top
 
 
 def per_user_metrics(scores, fold_in, target, ks=DEFAULT_KS):

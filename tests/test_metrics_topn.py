@@ -71,6 +71,34 @@ def test_ties_go_to_the_lower_item_index(metrics):
     assert top.tolist() == [[0, 2, 3]]
 
 
+def full_stable_ranking(scores, fold_in, k):
+    """The definition: a stable sort of -scores after masking fold-in items to -inf."""
+    masked = np.array(scores, dtype=np.float64, copy=True)
+    rows, cols = fold_in.nonzero()
+    masked[rows, cols] = -np.inf
+    return np.argsort(-masked, axis=1, kind="stable")[:, :k]
+
+
+def test_partial_sort_equals_the_full_stable_sort(metrics):
+    """top_k_items sorts only the k best; with ties at the k-th value (few distinct
+    scores), NaN, infinities and rows with fewer unmasked items than k it must still
+    return exactly the full stable sort's first k items."""
+    rng = np.random.RandomState(3)
+    for trial in range(400):
+        users, items = rng.randint(1, 25), rng.randint(1, 50)
+        if trial % 2:
+            scores = rng.randint(0, rng.randint(1, 5), size=(users, items)).astype(float)
+        else:
+            scores = rng.normal(size=(users, items))
+        for value, every in ((np.nan, 5), (np.inf, 7), (-np.inf, 11)):
+            if trial % every == 0:
+                scores[rng.rand(users, items) < 0.1] = value
+        fold_in = sp.csr_matrix(rng.rand(users, items) < rng.rand())
+        k = rng.randint(1, items + 3)
+        expected = full_stable_ranking(scores, fold_in, min(k, items))
+        assert metrics.top_k_items(scores, fold_in, k).tolist() == expected.tolist()
+
+
 def test_batches_average_like_one_call(metrics):
     rng = np.random.RandomState(0)
     scores = rng.rand(50, 30)
