@@ -21,8 +21,8 @@ ML-1M): the same rule as metrics.py.
                      group in a few batched network calls
 
 Movies are ranked by the model's output (cold-start movies at the midpoint), ties by movie
-id; the score shown is the prediction clipped to the scale. Titles and genres come from movies.dat
-beside ratings.dat when it is there.
+id; the score shown is the prediction clipped to the scale. Titles and genres come from
+movies.dat beside ratings.dat when it is there.
 """
 import argparse
 import contextlib
