@@ -398,7 +398,7 @@ class Pairs:
     """Evaluated (user, item) pairs as row/column indices of the rating matrix."""
     users: np.ndarray         # row index into user_ids
     items: np.ndarray         # column index into item_ids
-    ratings: np.ndarray       # float32, 1..5
+    ratings: np.ndarray       # float32, as in the file (0.5..5 on MovieLens)
 
     def __len__(self):
         return len(self.ratings)

@@ -1,13 +1,23 @@
 """Rating-prediction metric of PROTOCOLS.md, Protocol A: one global RMSE over evaluated pairs.
 
-Identical in both rating folders (tests/test_consistency.py checks it). Predictions are
-clipped to the rating scale 1..5; a pair whose user or movie has no training rating is
-predicted COLD_START_RATING (3.0) whatever the model says.
+Identical in both rating folders (tests/test_consistency.py checks it). The rating scale is
+the range of the TRAINING ratings (rating_scale; never the held-out ratings, which would
+leak them): predictions are clipped to it, and a pair whose user or movie has no training
+rating is predicted its midpoint whatever the model says. On ML-1M that is 1..5 and 3.0.
 """
 import numpy as np
 
-COLD_START_RATING = 3.0
-MIN_RATING, MAX_RATING = 1.0, 5.0
+
+def rating_scale(train):
+    """(low, high): the smallest and largest rating of the scipy training matrix."""
+    values = train.tocsr().data
+    return float(values.min()), float(values.max())
+
+
+def cold_start_rating(train):
+    """The prediction for a cold-start pair: the midpoint of the training ratings' scale."""
+    low, high = rating_scale(train)
+    return (low + high) / 2
 
 
 def cold_start(users, items, train):
@@ -21,16 +31,17 @@ def cold_start(users, items, train):
 
 
 def final_predictions(predictions, users, items, train):
-    """Model outputs for the pairs, with cold-start pairs set to 3.0 and clipped to 1..5."""
+    """Model outputs for the pairs, cold-start pairs set to the scale's midpoint, all
+    clipped to the scale of the training ratings."""
     predictions = np.asarray(predictions, dtype=np.float64)
-    predictions = np.where(cold_start(users, items, train), COLD_START_RATING, predictions)
-    return np.clip(predictions, MIN_RATING, MAX_RATING)
+    predictions = np.where(cold_start(users, items, train), cold_start_rating(train),
+                           predictions)
+    return np.clip(predictions, *rating_scale(train))
 
 
 def rmse(predictions, ratings):
-    """sqrt(mean((clip(p, 1, 5) - r)^2)) over all pairs."""
-    predictions = np.clip(np.asarray(predictions, dtype=np.float64), MIN_RATING, MAX_RATING)
-    errors = predictions - np.asarray(ratings, dtype=np.float64)
+    """sqrt(mean((p - r)^2)) over all pairs; p are final predictions (final_predictions)."""
+    errors = np.asarray(predictions, dtype=np.float64) - np.asarray(ratings, dtype=np.float64)
     return float(np.sqrt(np.mean(errors ** 2)))
 
 

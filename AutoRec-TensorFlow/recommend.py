@@ -4,12 +4,14 @@ Loads the best checkpoint of a run folder written by main.py (RUN_DIR/checkpoint
 checkpoint named in train_state.json) and the run's config.json, rebuilds the network with
 the run's hyperparameters and the Protocol A split of the run's seed (PROTOCOLS.md), and
 feeds the network the TRAINING matrix, exactly as main.py's evaluation does. A prediction
-is the network's output, 3.0 where the user or the movie has no training rating (cold
-start), clipped to 1..5: the same rule as metrics.py.
+is the network's output, the midpoint of the training ratings' scale where the user or
+the movie has no training rating (cold start), clipped to that scale (1..5 and 3.0 on
+ML-1M): the same rule as metrics.py.
 
   --user ID          top K of a user of the file, movies rated in training left out
   --user ID --movie M  the predicted rating of one pair
-  --history 1193:5,661:3 / --history-file FILE (MovieID::Rating lines)
+  --history 1193:5,661:3 / --history-file FILE (MovieID::Rating lines; ratings within
+                     the scale of the run's training ratings, 0.5..5 on ML-20M)
                      a new user (U-AutoRec only: the user's ratings are a new input row;
                      I-AutoRec's input is indexed by the training users, so it cannot
                      take a new user without retraining, and says so)
@@ -17,9 +19,9 @@ start), clipped to 1..5: the same rule as metrics.py.
                      groups of users (USERS_PER_GROUP x movies floats at a time), each
                      group in a few batched network calls
 
-Movies are ranked by the model's output (cold-start movies at 3.0), ties by movie id; the
-score shown is the prediction clipped to 1..5. Titles and genres come from movies.dat
-beside ratings.dat when it is there.
+Movies are ranked by the model's output (cold-start movies at the midpoint), ties by movie
+id; the score shown is the prediction clipped to the scale. Titles and genres come from
+movies.dat beside ratings.dat when it is there.
 """
 import argparse
 import contextlib
@@ -64,17 +66,23 @@ def positive_int(text):
     return value
 
 
-def parse_rating(text):
-    """A rating 1..5 (whole or not), or None when the text is not one."""
+def parse_rating(text, scale):
+    """The rating text as a number within scale (low, high), or None when it is not one."""
     try:
         value = float(text)
     except ValueError:
         return None
-    return value if 1 <= value <= 5 else None
+    return value if scale[0] <= value <= scale[1] else None
+
+
+def scale_text(scale):
+    """(0.5, 5.0) -> '0.5..5'."""
+    return f"{scale[0]:g}..{scale[1]:g}"
 
 
 def history_pairs(text):
-    """--history 1193:5,661:3 -> [(1193, 5.0), (661, 3.0)]."""
+    """--history 1193:5,661:3 -> [('1193', '5'), ('661', '3')]: the ratings are checked
+    against the run's scale once its data is loaded (history_columns)."""
     pairs = []
     for part in text.split(","):
         part = part.strip()
@@ -86,13 +94,9 @@ def history_pairs(text):
         movie = movie.strip()  # the run's type of id: history_columns
         if not movie:
             raise argparse.ArgumentTypeError(f"{part!r}: no movie id")
-        value = parse_rating(rating)
-        if value is None:
-            raise argparse.ArgumentTypeError(f"{part!r}: rating {rating!r} is not a number "
-                                             f"in 1..5")
         if movie in {m for m, _ in pairs}:
             raise argparse.ArgumentTypeError(f"movie {movie} is given twice")
-        pairs.append((movie, value))
+        pairs.append((movie, rating.strip()))
     return pairs
 
 
@@ -109,7 +113,8 @@ def parse_args(argv=None):
     who.add_argument("--user", metavar="ID",
                      help="a user id of the run's ratings.dat")
     who.add_argument("--history", type=history_pairs, metavar="MOVIE:RATING,...",
-                     help="a new user's ratings, e.g. 1193:5,661:3 (U-AutoRec only)")
+                     help="a new user's ratings, e.g. 1193:5,661:3, each within the scale "
+                          "of the run's training ratings (U-AutoRec only)")
     who.add_argument("--history-file", type=Path, metavar="FILE",
                      help="a new user's ratings, one 'MovieID::Rating[::Timestamp]' a line "
                           "(U-AutoRec only)")
@@ -277,8 +282,9 @@ def typed_id(text, like, what):
     return int(text)
 
 
-def read_history_file(path):
-    """[(movie id, rating, line number)] of a file of 'MovieID::Rating[::Timestamp]' lines."""
+def read_history_file(path, scale):
+    """[(movie id, rating, line number)] of a file of 'MovieID::Rating[::Timestamp]' lines,
+    every rating within scale (the run's training ratings' (low, high))."""
     if not path.is_file():
         raise RecommendError(f"--history-file {path}: no such file")
     entries, lines_of = [], {}
@@ -296,10 +302,10 @@ def read_history_file(path):
         if len(fields) == 1:
             raise RecommendError(f"{where}: no rating for movie {fields[0]}: this model "
                                  f"needs MovieID::Rating lines (e.g. 1193::5)")
-        rating = parse_rating(fields[1])
+        rating = parse_rating(fields[1], scale)
         if rating is None:
-            raise RecommendError(f"{where}: rating {fields[1]!r} is not a number in 1..5: "
-                                 f"{line[:80]!r}")
+            raise RecommendError(f"{where}: rating {fields[1]!r} is not a number in "
+                                 f"{scale_text(scale)}: {line[:80]!r}")
         if len(fields) == 3 and not fields[2].strip().isdigit():
             raise RecommendError(f"{where}: timestamp {fields[2]!r} is not a non-negative "
                                  f"integer: {line[:80]!r}")
@@ -316,12 +322,15 @@ def read_history_file(path):
 
 def history_columns(args, split):
     """The history as (item columns, ratings, the entries kept); a movie the model has no
-    column for (no rating in the run's ratings.dat) is named in a warning and skipped."""
+    column for (no rating in the run's ratings.dat) is named in a warning and skipped.
+    Ratings must lie within the scale of the run's training ratings."""
+    scale = metrics.rating_scale(split.train)
     if args.history_file is not None:
-        entries = read_history_file(args.history_file)
+        entries = read_history_file(args.history_file, scale)
         source = lambda number: f"{args.history_file}, line {number}"  # noqa: E731
     else:
-        entries = [(movie, rating, None) for movie, rating in args.history]
+        entries = [(movie, history_rating(movie, text, scale), None)
+                   for movie, text in args.history]
         source = lambda number: "--history"  # noqa: E731
     column = {m.item(): c for c, m in enumerate(split.item_ids)}
     kept = []
@@ -337,6 +346,15 @@ def history_columns(args, split):
                              "recommend from")
     cols = np.array([column[m] for m, _ in kept], dtype=np.int64)
     return cols, np.array([r for _, r in kept], dtype=np.float32), kept
+
+
+def history_rating(movie, text, scale):
+    """A --history rating as a number within scale, else RecommendError."""
+    rating = parse_rating(text, scale)
+    if rating is None:
+        raise RecommendError(f"--history: '{movie}:{text}': rating {text!r} is not a number "
+                             f"in {scale_text(scale)}")
+    return rating
 
 
 def read_users_file(path, split):
@@ -490,14 +508,15 @@ class Scorer:
 
 
 def final_scores(outputs, train, users=None):
-    """(rank keys, shown scores) for outputs (users x items): the outputs, 3.0 for a movie
-    without training ratings and for every movie of a user without any (cold start); the
-    shown scores are those clipped to 1..5, as metrics.final_predictions gives them."""
+    """(rank keys, shown scores) for outputs (users x items): the outputs, the cold-start
+    midpoint for a movie without training ratings and for every movie of a user without any;
+    the shown scores are those clipped to the training ratings' scale, as
+    metrics.final_predictions gives them."""
     keys = np.array(outputs, dtype=np.float64)
-    keys[:, train.getnnz(axis=0) == 0] = metrics.COLD_START_RATING
+    keys[:, train.getnnz(axis=0) == 0] = metrics.cold_start_rating(train)
     if users is not None:
-        keys[train.getnnz(axis=1)[users] == 0, :] = metrics.COLD_START_RATING
-    return keys, np.clip(keys, metrics.MIN_RATING, metrics.MAX_RATING)
+        keys[train.getnnz(axis=1)[users] == 0, :] = metrics.cold_start_rating(train)
+    return keys, np.clip(keys, *metrics.rating_scale(train))
 
 
 def top_k(keys, excluded, k):
@@ -613,7 +632,8 @@ def recommend(args):
         n_train = int(seen.sum())
         if n_train == 0:
             warn(f"user {args.user} has no training rating (all of them fell in validation "
-                 f"or test): every prediction is the cold-start {metrics.COLD_START_RATING}")
+                 f"or test): every prediction is the cold-start "
+                 f"{metrics.cold_start_rating(train):g}")
         query = {"user": args.user}
         who = f"user {args.user} ({n_train} training rating{'s' * (n_train != 1)})"
     keys, scores = keys[0], scores[0]

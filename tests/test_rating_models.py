@@ -57,8 +57,10 @@ def test_duplicate_pair_is_refused_with_its_line(tmp_path, rating_folder):
 
 def test_rmse_hand_worked_with_clipping_and_cold_start(rating_folder):
     metrics = rating_folder.modules[1]
-    # users 0..2, items 0..2; user 2 and item 2 have no training rating
-    train = sp.csr_matrix(np.array([[4, 0, 0], [0, 2, 0], [0, 0, 0]], dtype=np.float32))
+    # users 0..2, items 0..2; user 2 and item 2 have no training rating; the training
+    # ratings span 1..5 (as on ML-1M): clip to 1..5, cold start 3.0
+    train = sp.csr_matrix(np.array([[4, 1, 0], [5, 2, 0], [0, 0, 0]], dtype=np.float32))
+    assert metrics.rating_scale(train) == (1.0, 5.0)
     users, items = np.array([0, 1, 1, 2, 0]), np.array([1, 0, 2, 0, 0])
     predictions = np.array([0.5, 6.0, 4.0, 1.0, 2.5])
     ratings = np.array([1.0, 5.0, 2.0, 4.0, 3.0])
@@ -68,7 +70,59 @@ def test_rmse_hand_worked_with_clipping_and_cold_start(rating_folder):
     pairs = type("Pairs", (), {"users": users, "items": items, "ratings": ratings})
     result = metrics.rating_metrics(predictions, pairs, train)
     assert result == {"rmse": pytest.approx(np.sqrt(2.25 / 5), abs=1e-12), "n_ratings": 5}
-    assert metrics.rmse([7.0, -3.0], [5.0, 1.0]) == 0.0
+    # rmse takes final predictions as they are (no clipping of its own): errors 2, -4
+    assert metrics.rmse([7.0, -3.0], [5.0, 1.0]) == pytest.approx(np.sqrt(10), abs=1e-12)
+
+
+def pairs_of(users, items, ratings):
+    return type("Pairs", (), {"users": np.array(users), "items": np.array(items),
+                              "ratings": np.array(ratings, dtype=np.float32)})
+
+
+def test_half_star_training_ratings_set_the_scale(rating_folder):
+    """ML-10M on: ratings 0.5..5. A prediction of 0.2 is clipped to 0.5 (not 1.0), one of
+    5.7 to 5, and a cold-start pair gets the midpoint 2.75 (not 3.0)."""
+    metrics = rating_folder.modules[1]
+    # user 2 and item 2 have no training rating
+    train = sp.csr_matrix(np.array([[0.5, 3.5, 0], [5, 2, 0], [0, 0, 0]], dtype=np.float32))
+    assert metrics.rating_scale(train) == (0.5, 5.0)
+    assert metrics.cold_start_rating(train) == 2.75
+    pairs = pairs_of([0, 1, 1, 2, 0], [1, 0, 2, 0, 0], [0.5, 4.5, 2.0, 4.0, 1.5])
+    predictions = np.array([0.2, 5.7, 4.0, 1.0, 1.25])
+    final = metrics.final_predictions(predictions, pairs.users, pairs.items, train)
+    np.testing.assert_array_equal(final, [0.5, 5.0, 2.75, 2.75, 1.25])
+    # errors 0, 0.5, 0.75, -1.25, -0.25: squares 0 + .25 + .5625 + 1.5625 + .0625
+    assert metrics.rating_metrics(predictions, pairs, train) == {
+        "rmse": pytest.approx(np.sqrt(2.4375 / 5), abs=1e-12), "n_ratings": 5}
+
+
+def test_held_out_ratings_outside_the_training_range_leave_the_scale(tmp_path,
+                                                                     rating_folder):
+    """No leak: the scale is the training ratings' only. Training ratings 1..4 with every 5
+    held out: predictions clip at 4, the cold start is 2.5, on test and validation alike."""
+    data, metrics = rating_folder.modules[:2]
+    users, items, ratings, _ = planted_rating_rows(n_users=60, n_items=40, seed=1)
+    ratings = np.minimum(ratings, 4)
+    n = len(users)
+    n_held_out = round(0.1 * n) + round(0.1 * (n - round(0.1 * n)))  # test, validation
+    held_out = np.random.RandomState(0).permutation(n)[:n_held_out]  # split_ratings' rows
+    ratings[held_out[::7]] = 5
+    split = data.split_ratings(data.load_ratings(
+        write_ratings(tmp_path / "ratings.dat", users, items, ratings)), seed=0)
+    assert split.train.data.max() == 4 and split.train.data.min() == 1
+    assert (split.test.ratings == 5).any() and (split.validation.ratings == 5).any()
+    assert metrics.rating_scale(split.train) == (1.0, 4.0)
+    for pairs in (split.test, split.validation):
+        final = metrics.final_predictions(np.full(len(pairs), 4.8), pairs.users,
+                                          pairs.items, split.train)
+        assert final.max() == 4.0 and set(final.tolist()) <= {4.0, 2.5}
+        expected = np.sqrt(np.mean((final - pairs.ratings.astype(np.float64)) ** 2))
+        assert metrics.rating_metrics(np.full(len(pairs), 4.8), pairs, split.train)[
+            "rmse"] == pytest.approx(expected, abs=1e-12)
+    # a pair-level hand check: prediction 6 on a 5 and 0 on a 1 -> 4 and 1: errors -1, 0
+    train = sp.csr_matrix(np.array([[1, 4], [2, 3]], dtype=np.float32))
+    assert metrics.rating_metrics([6.0, 0.0], pairs_of([0, 1], [1, 0], [5.0, 1.0]),
+                                  train)["rmse"] == pytest.approx(np.sqrt(0.5), abs=1e-12)
 
 
 def test_user_and_movie_seen_only_in_test_rows_get_3(tmp_path, rating_folder):

@@ -15,7 +15,10 @@ I-AutoRec, U-AutoRec and DeepRec (user variant). The checks:
   pairs, clipped);
 - movies rated in training (or in the history) are never recommended unless asked for;
   --users-file gives each user's --user list;
-- each bad input ends with one `error: ...` line and no traceback.
+- each bad input ends with one `error: ...` line and no traceback;
+- on a run trained on one's own half-star file (0.5..5), history ratings are accepted within
+  that scale (0.5 yes, 0.25 and 5.5 no, with the line-numbered message naming 0.5..5) and a
+  cold-start movie is shown at the scale's midpoint 2.75, as in metrics.py.
 
 Most calls run recommend.main() in this process (TensorFlow is imported once), with the
 folder's data, metrics and model modules lent under their plain names as a script sees
@@ -75,6 +78,36 @@ def taste_name(movie):
 # ---------------------------------------------------------------- the trained runs
 
 
+def cold_start_seed(ratings_path):
+    """(seed, split): the first seed whose split holds out both cold-start ratings."""
+    data = load_module(AUTOREC, "data")
+    ratings = data.load_ratings(ratings_path)
+    for seed in range(1, 500):
+        split = data.split_ratings(ratings, seed=seed)
+        if (split.train[:, -1].nnz == 0 and split.train[-1].nnz == 0
+                and split.item_ids[-1] == COLD_MOVIE and split.user_ids[-1] == COLD_USER):
+            return seed, split
+    raise AssertionError("no seed holds out both cold-start ratings")
+
+
+def train_runs(root, runs, seed, *data_flags):
+    """Train each run {name: (folder, flags)} through its main.py, concurrently (2 cores);
+    {name: run folder}."""
+    folders = {name: root / name for name in runs}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("COMET_API_KEY", None)
+    jobs = {name: subprocess.Popen(
+        [sys.executable, str(REPO / folder / "main.py"), "--comet", "off", "--quiet",
+         "--no-download", *map(str, data_flags), "--out-dir", str(folders[name]), "--seed",
+         str(seed), "--lr-decay", "1", *flags], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env)
+        for name, (folder, flags) in runs.items()}
+    for name, job in jobs.items():
+        output = job.communicate(timeout=600)[0]
+        assert job.returncode == 0, f"training {name} failed:\n{output}"
+    return folders
+
+
 class Trained:
     """The planted data, its split (of the runs' seed) and the run folders."""
 
@@ -84,28 +117,9 @@ class Trained:
         (self.data_dir / "movies.dat").write_text("".join(
             f"{m}::Taste {taste_name(m)} film {m} (2000)::Taste{taste_name(m)}\n"
             for m in range(1, COLD_MOVIE + 1)), encoding="latin-1")
-        data = load_module(AUTOREC, "data")
-        ratings = data.load_ratings(ratings_path)
-        for seed in range(1, 500):  # the first seed whose split holds both out
-            split = data.split_ratings(ratings, seed=seed)
-            if (split.train[:, -1].nnz == 0 and split.train[-1].nnz == 0
-                    and split.item_ids[-1] == COLD_MOVIE and split.user_ids[-1] == COLD_USER):
-                break
-        else:
-            raise AssertionError("no seed holds out both cold-start ratings")
-        self.seed, self.split = seed, split
-        self.runs = {name: root / "runs" / name for name in SMALL_RUNS}
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        env.pop("COMET_API_KEY", None)
-        jobs = {name: subprocess.Popen(
-            [sys.executable, str(REPO / folder / "main.py"), "--comet", "off", "--quiet",
-             "--no-download", "--data-dir", str(self.data_dir), "--out-dir",
-             str(self.runs[name]), "--seed", str(seed), "--epochs", "10", "--lr-decay", "1",
-             *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-            for name, (folder, flags) in SMALL_RUNS.items()}  # concurrently: 2 cores
-        for name, job in jobs.items():
-            output = job.communicate(timeout=600)[0]
-            assert job.returncode == 0, f"training {name} failed:\n{output}"
+        self.seed, self.split = cold_start_seed(ratings_path)
+        self.runs = train_runs(root / "runs", SMALL_RUNS, self.seed, "--data-dir",
+                               self.data_dir, "--epochs", 10)
 
     def training_ratings(self, user):
         """{movie id: rating} of user's training row."""
@@ -432,3 +446,50 @@ def test_bad_input_as_a_script_has_no_traceback(trained, folder, tmp_path):
         assert done.returncode != 0 and done.stdout == "", name
         assert message in done.stderr, (name, done.stderr)
         assert "Traceback" not in done.stderr, name
+
+
+# ---------------------------------------------------------------- the run's rating scale
+
+
+@pytest.fixture(scope="module")
+def half_star(tmp_path_factory):
+    """(own ratings file, {name: run folder}) of one-epoch U-AutoRec and DeepRec runs on the
+    planted tastes with half stars: 1 -> 0.5, 2 -> 1.5, 3 -> 2.5, 4 -> 3.5, 5 stays. The rows
+    are those of the planted file, so the same seed holds out both cold-start ratings."""
+    root = tmp_path_factory.mktemp("half-star")
+    users, movies, ratings, times = planted_taste_rows()
+    halves = np.where(ratings == 5, 5.0, ratings - 0.5)
+    path = root / "data" / "half.dat"
+    path.parent.mkdir()
+    path.write_text("".join(f"{u}::{m}::{r:g}::{s}\n" for u, m, r, s in
+                            zip(users, movies, halves, times)), encoding="latin-1")
+    seed, split = cold_start_seed(path)
+    assert (split.train.data.min(), split.train.data.max()) == (0.5, 5.0)
+    runs = {name: (SMALL_RUNS[name][0], SMALL_RUNS[name][1] + ("--epochs", "1"))
+            for name in NEW_USER_RUNS}
+    return path, train_runs(root / "runs", runs, seed, "--ratings-file", path)
+
+
+@pytest.mark.parametrize("name", NEW_USER_RUNS)
+def test_history_ratings_follow_the_runs_scale(half_star, name, capsys, tmp_path):
+    path, runs = half_star
+    call = recommend(SMALL_RUNS[name][0])
+    code, out, err = call(capsys, runs[name], "--history", "1:0.5,2:5,9:4.5", "--json")
+    assert code == 0, err
+    assert [entry["rating"] for entry in json.loads(out)["query"]["history"]] == [0.5, 5, 4.5]
+    for bad in ("0.25", "5.5"):
+        history = tmp_path / f"history-{bad}.txt"
+        history.write_text(f"1::5\n\n2::{bad}\n")
+        code, out, err = call(capsys, runs[name], "--history-file", history)
+        assert code == 1 and out == ""
+        assert err.strip().splitlines() == [
+            f"error: {history}, line 3: rating '{bad}' is not a number in 0.5..5: "
+            f"'2::{bad}'"], err
+        code, out, err = call(capsys, runs[name], "--history", f"1:5,2:{bad}")
+        assert code == 1 and out == ""
+        assert err.strip().splitlines() == [
+            f"error: --history: '2:{bad}': rating '{bad}' is not a number in 0.5..5"], err
+    # the cold-start movie (its one rating held out) is shown at the midpoint 2.75
+    code, out, err = call(capsys, runs[name], "--user", 1, "--movie", COLD_MOVIE, "--json")
+    assert code == 0, err
+    assert json.loads(out)["prediction"]["score"] == 2.75
