@@ -34,7 +34,7 @@ def data(request):
 
 def test_write_predictions_hand_worked(rating_metrics, tmp_path):
     # users 10, 20, 30 x movies 7, 8, 9; user 30 and movie 9 have no training rating.
-    train = sp.csr_matrix(np.array([[4, 0, 0], [0, 2, 0], [0, 0, 0]], dtype=np.float32))
+    train = sp.csr_matrix(np.array([[4, 1, 0], [5, 2, 0], [0, 0, 0]], dtype=np.float32))
     split = SimpleNamespace(user_ids=np.array([10, 20, 30]), item_ids=np.array([7, 8, 9]),
                             train=train)
     pairs = SimpleNamespace(users=np.array([0, 1, 2, 1, 2]), items=np.array([1, 2, 0, 0, 2]),
