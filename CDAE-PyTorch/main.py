@@ -1,5 +1,5 @@
 """CDAE-PyTorch: train and evaluate the Collaborative Denoising Auto-Encoder (Wu et al.,
-WSDM 2016) on MovieLens-1M, Protocol B of PROTOCOLS.md (top-N ranking under strong
+WSDM 2016) on MovieLens, Protocol B of PROTOCOLS.md (top-N ranking under strong
 generalisation).
 
 The experiment: command line, data, the network, the training loop with early stopping on
@@ -38,7 +38,8 @@ class Diverged(Exception):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="CDAE (Wu et al. 2016) on MovieLens-1M: top-N ranking under strong "
+        description="CDAE (Wu et al. 2016) on MovieLens-1M (the default), "
+                    "another MovieLens set or your own ratings file: top-N ranking under strong "
                     "generalisation (PROTOCOLS.md, Protocol B).")
     runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--seed", type=non_negative_int, default=98765,

@@ -1,10 +1,11 @@
 """ESAE-PyTorch: train and evaluate EASE (Steck 2019) or full-rank EDLAE (Steck 2020,
---model edlae) on MovieLens-1M, Protocol B of PROTOCOLS.md (top-N ranking under strong
+--model edlae) on MovieLens, Protocol B of PROTOCOLS.md (top-N ranking under strong
 generalisation).
 
 The experiment: command line, data, the lambda (and EDLAE's dropout rate) search on the
-validation users, the single test evaluation and the results. The run folder (config.json, metrics.jsonl, results.json,
-model.pt) and CometML logging use runs.py. Usage: python ESAE-PyTorch/main.py --help
+validation users, the single test evaluation and the results. The run folder
+(config.json, metrics.jsonl, results.json, model.pt) and CometML logging use runs.py.
+Usage: python ESAE-PyTorch/main.py --help
 """
 import argparse
 import sys
@@ -40,7 +41,8 @@ def dropout_list(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="EASE (Steck 2019) or full-rank EDLAE (Steck 2020) on MovieLens-1M: "
+        description="EASE (Steck 2019) or full-rank EDLAE (Steck 2020) on MovieLens-1M "
+                    "(the default), another MovieLens set or your own ratings file: "
                     "top-N ranking under strong generalisation (PROTOCOLS.md, Protocol B).")
     runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--model", choices=tuple(MODEL_NAMES), default="ease",

@@ -1,11 +1,12 @@
 """NVIDIA-DeepRec-TensorFlow: train and evaluate the deep autoencoder of Kuchaiev and
-Ginsburg (2017) on MovieLens-1M.
+Ginsburg (2017) on MovieLens.
 
 Rating prediction under Protocol A of PROTOCOLS.md (random 81/9/10 split of all
 ratings, the training matrix as the only network input, clipped global RMSE). The
 experiment: command line, data, the network, the training loop with early stopping on
 validation RMSE, the single test evaluation and the results. The run folder (config.json,
-metrics.jsonl, results.json, checkpoints), --resume and CometML logging use runs.py. Usage: python NVIDIA-DeepRec-TensorFlow/main.py --help
+metrics.jsonl, results.json, checkpoints), --resume and CometML logging use runs.py.
+Usage: python NVIDIA-DeepRec-TensorFlow/main.py --help
 """
 import argparse
 import contextlib
@@ -101,7 +102,8 @@ class TrainingDiverged(Exception):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Deep autoencoder of Kuchaiev and Ginsburg (2017) on MovieLens-1M: "
+        description="Deep autoencoder of Kuchaiev and Ginsburg (2017) on MovieLens-1M "
+                    "(the default), another MovieLens set or your own ratings file: "
                     "rating prediction (PROTOCOLS.md, Protocol A).")
     runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED,

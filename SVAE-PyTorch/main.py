@@ -1,5 +1,5 @@
 """SVAE-PyTorch: train and evaluate the sequential VAE (Sachdeva et al. 2019) on
-MovieLens-1M, Protocol B of PROTOCOLS.md (top-N ranking under strong generalisation).
+MovieLens, Protocol B of PROTOCOLS.md (top-N ranking under strong generalisation).
 
 The experiment: command line, data, the network, the batched training loop (users of
 similar length batched together, padded, truncated back-propagation through time), KL
@@ -49,7 +49,8 @@ class Diverged(Exception):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="SVAE, the sequential VAE (Sachdeva et al. 2019), on MovieLens-1M: "
+        description="SVAE, the sequential VAE (Sachdeva et al. 2019), on MovieLens-1M "
+                    "(the default), another MovieLens set or your own ratings file: "
                     "top-N ranking under strong generalisation (PROTOCOLS.md, Protocol B).")
     runs.add_data_arguments(parser, FOLDER.name, data.default_data_dir())
     parser.add_argument("--seed", type=non_negative_int, default=98765,

@@ -1,4 +1,4 @@
-"""VAE-PyTorch: train and evaluate Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens-1M,
+"""VAE-PyTorch: train and evaluate Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens,
 Protocol B of PROTOCOLS.md (top-N ranking under strong generalisation).
 
 The experiment: command line, data, the network, the training loop with KL annealing,
@@ -44,7 +44,8 @@ class Diverged(Exception):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens-1M: top-N ranking "
+        description="Mult-VAE / Mult-DAE (Liang et al. 2018) on MovieLens-1M (the default), "
+                    "another MovieLens set or your own ratings file: top-N ranking "
                     "under strong generalisation (PROTOCOLS.md, Protocol B).")
     parser.add_argument("--model", dest="variant", choices=("vae", "dae"), default="vae",
                         help="vae: Mult-VAE; dae: Mult-DAE (same network, no sampling, no KL)")
@@ -52,7 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=non_negative_int, default=98765,
                         help="seed of the split, the initial weights and every epoch's noise")
     parser.add_argument("--epochs", type=positive_int, default=200)
-    parser.add_argument("--batch-size", type=positive_int, default=100, help="users per update; under torchrun the global batch: each "
+    parser.add_argument("--batch-size", type=positive_int, default=100,
+                        help="users per update; under torchrun the global batch: each "
                              "of N processes takes about batch-size/N of them")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0,
