@@ -162,7 +162,7 @@ def final_weights(gram_holder, lam, dropout):
     gram = gram_holder.pop()
     matrix = model.regularised(gram, model.edlae_penalty(gram, lam, dropout), torch.float64)
     del gram
-    return model.weights_in_place(model.invert_in_place(matrix))
+    return model.row_major(model.weights_in_place(model.invert_in_place(matrix)))
 
 
 def save_checkpoint(run_dir, model_name, weights, lam, dropout, item_ids):

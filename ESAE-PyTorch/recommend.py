@@ -149,7 +149,7 @@ class Scorer:
     def __init__(self, config, checkpoint, device, split=None):
         self.item_ids = np.asarray(checkpoint["item_ids"])
         if "weights" in checkpoint:
-            self.weights = checkpoint["weights"].to(device)
+            self.weights = model.row_major(checkpoint["weights"].to(device))
         else:  # a checkpoint with lambda only: solve B again from the training matrix
             started = time.time()
             gram = model.gram_matrix(split.train, device)
