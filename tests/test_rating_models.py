@@ -151,6 +151,27 @@ def test_user_and_movie_seen_only_in_test_rows_get_3(tmp_path, rating_folder):
     assert (final[~cold] == 4.4).all()
 
 
+@pytest.mark.parametrize("chunk, max_floats", [(1024, 2 ** 24), (7, 500), (1, 1)])
+def test_predictions_at_pairs_equal_the_full_output(rating_folder, chunk, max_floats):
+    """predict_pairs, which reconstructs only the rows that hold a pair, a chunk of rows at
+    a time: the values the whole network gives at those entries, whatever the chunking."""
+    import tensorflow as tf
+    model = rating_folder.modules[2]
+    rng = np.random.default_rng(5)
+    inputs = sp.random(90, 50, density=0.1, random_state=6, format="csr", dtype=np.float32)
+    inputs.data = rng.integers(1, 6, inputs.nnz).astype(np.float32)
+    network = rating_folder.small_network(model, 50, seed=4)
+    for variable in network.trainable_variables:  # biases start at 0: make them count
+        if len(variable.shape) == 1:
+            variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+    rows, cols = rng.integers(0, 90, 700), rng.integers(0, 50, 700)
+    rows[:3], cols[:3] = 89, [0, 49, 0]  # a repeated pair, the last row and column
+    full = network(tf.constant(inputs.toarray())).numpy()
+    outputs = model.predict_pairs(network, inputs, rows, cols, chunk=chunk,
+                                  max_floats=max_floats)
+    np.testing.assert_allclose(outputs, full[rows, cols], rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------- leakage
 
 
