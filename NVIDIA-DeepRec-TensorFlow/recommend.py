@@ -25,7 +25,6 @@ id; the score shown is the prediction clipped to the scale. Titles and genres co
 movies.dat beside ratings.dat when it is there.
 """
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -409,39 +408,17 @@ def warn(message):
 # ---------------------------------------------------------------- TensorFlow and the network
 
 
-@contextlib.contextmanager
-def captured_stderr():
-    """Send what C++ libraries write to stderr to a temporary file, shown only on failure."""
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as chatter:
-        os.dup2(chatter.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved_stderr, 2)
-            chatter.seek(0)
-            sys.stderr.write(chatter.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-
-
 def import_tensorflow():
-    """TensorFlow and this folder's model.py, imported without start-up chatter."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with captured_stderr():
-        import tensorflow
+    """tf_runs.py (which imports TensorFlow quietly) and this folder's model.py."""
+    import tf_runs
+    with tf_runs.captured_stderr():
         import model
-    import absl.logging
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    tensorflow.get_logger().setLevel("ERROR")
-    return tensorflow, model
+    return tf_runs, model
 
 
-def pick_device(tf, choice):
-    with captured_stderr():
+def pick_device(tf_runs, choice):
+    tf = tf_runs.tf
+    with tf_runs.captured_stderr():
         gpus = tf.config.list_physical_devices("GPU")
     if choice == "cuda" and not gpus:
         raise RecommendError("--device cuda was given but TensorFlow sees no GPU")
@@ -466,8 +443,8 @@ class Scorer:
     """
 
     def __init__(self, run, split, device_choice):
-        self.tf, self.model = import_tensorflow()
-        self.device = pick_device(self.tf, device_choice)
+        tf_runs, self.model = import_tensorflow()
+        self.tf, self.device = tf_runs.tf, pick_device(tf_runs, device_choice)
         self.run, self.split = run, split
         self._item_rows = None  # the item variant's input rows, made once
         n_inputs = len(split.user_ids) if run.variant == "item" else len(split.item_ids)

@@ -1,4 +1,5 @@
-"""Cross-model consistency: the copies of data.py, metrics.py and runs.py stay identical.
+"""Cross-model consistency: the copies of data.py, metrics.py, runs.py, parallel.py and
+tf_runs.py stay identical.
 
 No model folder imports from another, so loading, splitting, metrics and the run
 infrastructure (runs.py) exist in several copies. These tests fail on any one-line change to
@@ -128,7 +129,7 @@ def test_docstrings_and_help_cite_no_private_paths(folder, name):
         assert "PROTOCOLS.md" in text
 
 
-@pytest.mark.parametrize("name", ["data", "metrics"])
+@pytest.mark.parametrize("name", ["data", "metrics", "tf_runs"])
 def test_rating_copies_are_identical(name):
     first, second = RATING_FOLDERS
     assert source(first, name) == source(second, name)

@@ -144,12 +144,14 @@ def trained(tmp_path_factory):
 
 class Recommend:
     """A folder's recommend.py loaded in this process, its modules lent as `data`,
-    `metrics` and `model` while it loads and while it runs."""
+    `metrics`, `model`, `runs` and `tf_runs` while it loads and while it runs."""
 
     def __init__(self, folder):
         self.folder = folder
-        self.modules = {name: load_module(folder, name) for name in ("data", "metrics",
-                                                                      "model")}
+        self.modules = {}
+        for name in ("data", "metrics", "model", "runs", "tf_runs"):
+            with self.lent():  # tf_runs imports runs
+                self.modules[name] = load_module(folder, name)
         with self.lent():
             self.module = load_module(folder, "recommend")
 

@@ -5,7 +5,7 @@ Each folder runs tests/tf_scale_worker.py once in a subprocess (TensorFlow's CPU
 split into two logical devices before it initialises), which reports:
 - the peak-memory growth of building, training one epoch and predicting every rating of a
   sparse 30,000 x 15,000 matrix with 40,000 ratings, whose dense form is 1.7 GiB;
-- which strategy main.pick_strategy chooses here (no GPU) and with one and two GPUs faked;
+- which strategy tf_runs.pick_strategy chooses here (no GPU) and with one and two GPUs faked;
 - the weights and held-out RMSE after two epochs on planted data, trained on one device
   and under MirroredStrategy over the two logical CPUs (uneven slices, a short last batch,
   and every term of the loss: penalty, dropout, weight decay, a binding clip, re-feeding),

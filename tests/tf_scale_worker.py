@@ -5,7 +5,7 @@ fresh process: the CPU is split into two logical devices, then, on FOLDER's mode
 main.py,
 - memory: peak RSS growth while training one epoch and predicting on a sparse matrix whose
   dense form would take 1.7 GB (30,000 rows x 15,000 columns, 40,000 ratings);
-- strategy: main.pick_strategy's choice on this machine (no GPU) and with 1 and 2 GPUs
+- strategy: tf_runs.pick_strategy's choice on this machine (no GPU) and with 1 and 2 GPUs
   faked;
 - mirrored: the weights and the held-out RMSE after two epochs on planted data, trained
   under the default strategy and under MirroredStrategy over the two logical CPUs, and
@@ -70,14 +70,14 @@ def memory():
 
 
 def strategy_choice():
-    chosen = {"auto": main.pick_strategy("auto")[2]}
+    chosen = {"auto": main.tf_runs.pick_strategy("auto")[2]}
     real_list, real_mirrored = tf.config.list_physical_devices, tf.distribute.MirroredStrategy
     try:
         tf.distribute.MirroredStrategy = lambda devices: ("mirrored", devices)
         for n in (1, 2):
             tf.config.list_physical_devices = lambda kind, n=n: (
                 [f"GPU{k}" for k in range(n)] if kind == "GPU" else real_list(kind))
-            strategy, device, name = main.pick_strategy("auto")
+            strategy, device, name = main.tf_runs.pick_strategy("auto")
             chosen[f"{n}gpu"] = [name, device]
     finally:
         tf.config.list_physical_devices, tf.distribute.MirroredStrategy = real_list, real_mirrored
@@ -99,7 +99,7 @@ def planted():
 
 def train_under(strategy):
     train, rows, cols, ratings = planted()
-    with main.placement(strategy, "/CPU:0"):
+    with main.tf_runs.placement(strategy, "/CPU:0"):
         network, trainer = main.build(args_for(), train, strategy)
         for epoch in (1, 2):
             trainer.train_epoch(7, 3, epoch)  # 6 batches of 7 and one of 5 (odd slices)
